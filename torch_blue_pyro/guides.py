@@ -1,0 +1,51 @@
+"""Guides: the variational distributions of a model's layers as a Pyro guide."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+import pyro
+from pyro.distributions import TorchDistribution
+from torch import Tensor
+
+from .poutine.runtime import local_param
+
+
+class GuideSite(Protocol):
+    """What a guide needs from a random variable."""
+
+    name: str
+
+    def named_variational_parameters(self) -> Iterable[tuple[str, Tensor]]:
+        """The variational parameters with their site names."""
+        ...
+
+    def variational_pyro_distribution(self) -> TorchDistribution:
+        """The variational distribution with the variable's event shape."""
+        ...
+
+
+def sample_from_variational(sites: Iterable[GuideSite]) -> dict[str, Tensor]:
+    """Run a mean-field guide: each site drawn from its own variational distribution.
+
+    The variational parameters are announced with
+    :func:`~torch_blue_pyro.poutine.local_param`, so an optimizer driven by Pyro (e.g.
+    :class:`pyro.infer.SVI`) updates the layers' own ``nn.Parameter`` s.
+
+    Parameters
+    ----------
+    sites: Iterable[GuideSite]
+        The random variables to draw.
+
+    Returns
+    -------
+    dict[str, Tensor]
+        The drawn value of each site, by name.
+    """
+    values: dict[str, Tensor] = {}
+    for site in sites:
+        for name, parameter in site.named_variational_parameters():
+            local_param(name, parameter)
+        values[site.name] = pyro.sample(site.name, site.variational_pyro_distribution())
+    return values

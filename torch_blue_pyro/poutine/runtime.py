@@ -1,0 +1,65 @@
+"""How this library's handlers sit among Pyro's: mode detection and local params.
+
+A model built from this library runs in one of two modes. It is in *Pyro mode* when a
+Pyro handler (``trace``, ``SVI``, ``Predictive``, ``MCMC``, ...) is active, and in
+*torch_blue mode* otherwise. This library's own handlers (the estimators and recorders
+in :mod:`torch_blue_pyro.poutine`) are *transparent*: they do not switch a model into
+Pyro mode, so they work in both.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from pyro.distributions import constraints
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK, effectful
+from torch import Tensor
+
+
+class TransparentMessenger(Messenger):
+    """Base class of this library's handlers, which keep a model in its mode.
+
+    A model called under a transparent messenger only keeps torch_blue's autosampling
+    if no other (Pyro) handler is active.
+    """
+
+
+def in_pyro_inference() -> bool:
+    """Whether a Pyro handler other than this library's transparent ones is active."""
+    return any(not isinstance(frame, TransparentMessenger) for frame in _PYRO_STACK)
+
+
+def _identity_param(name: str, value: Tensor, **kwargs: object) -> Tensor:
+    return value
+
+
+_param_effect = effectful(_identity_param, type="param")
+
+
+def local_param(name: str, value: Tensor) -> Tensor:
+    """Announce ``value`` as the Pyro parameter ``name`` without the global param store.
+
+    Pyro's :func:`pyro.param` looks parameters up by name in one global store, so two
+    models with the same site names would share (and clobber) parameters. A module's
+    own ``nn.Parameter`` s are announced through this instead: handlers see an ordinary
+    ``param`` message (so :class:`pyro.infer.SVI` and :mod:`pyro.optim` optimize the
+    tensor), but the value is always the module's own tensor.
+
+    Parameters
+    ----------
+    name: str
+        The parameter's site name.
+    value: Tensor
+        The module's parameter.
+
+    Returns
+    -------
+    Tensor
+        ``value``, as returned by the handlers.
+    """
+    # pyro.optim and SVI reach the leaf tensor through ``value.unconstrained()``.
+    value.unconstrained = weakref.ref(value)  # type: ignore[attr-defined]
+    return _param_effect(
+        name, value, constraint=constraints.real, event_dim=None, name=name
+    )

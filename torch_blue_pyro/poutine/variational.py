@@ -1,0 +1,88 @@
+r"""The handler behind torch_blue's autosampling: vectorized variational draws.
+
+Under :class:`VariationalMessenger`, every weight site that a known
+:class:`VariationalSite` serves is drawn ``S`` times at once from the variational
+distribution instead of from its prior, with a new leading sample dimension, and the
+log prior and log variational probability of each draw are accumulated. The forward
+pass then runs once on the stacked weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from .runtime import TransparentMessenger
+
+
+class VariationalSite(Protocol):
+    """What the sampler needs from a random variable: stacked draws with log-probs."""
+
+    def sample_with_log_probs(
+        self, num_samples: int, with_log_probs: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Return ``(S, *shape)`` values and their ``(S,)`` log prior and log q."""
+        ...
+
+
+class VariationalMessenger(TransparentMessenger):
+    """Draw every known site ``num_samples`` times from its variational distribution.
+
+    Parameters
+    ----------
+    num_samples: int
+        ``S``, the size of the new leading sample dimension.
+    sites: Mapping[str, VariationalSite]
+        The sites this handler serves, by site name. Other sample sites are left to
+        Pyro.
+    with_log_probs: bool
+        Whether to accumulate log-probabilities (off for prediction).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        sites: Mapping[str, VariationalSite],
+        with_log_probs: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_samples = num_samples
+        self.sites = sites
+        self.with_log_probs = with_log_probs
+        self._log_prior: list[Tensor] = []
+        self._log_variational: list[Tensor] = []
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        site = self.sites.get(msg["name"])
+        if site is None or msg["is_observed"]:
+            return
+        value, log_prior, log_variational = site.sample_with_log_probs(
+            self.num_samples, self.with_log_probs
+        )
+        if log_prior is not None and log_variational is not None:
+            self._log_prior.append(log_prior)
+            self._log_variational.append(log_variational)
+        msg["value"] = value
+        msg["done"] = True
+
+    def log_probs(self, reference: Tensor) -> Tensor:
+        """The ``(S, 2)`` [log prior, log variational] of the draws so far.
+
+        Parameters
+        ----------
+        reference: Tensor
+            Gives device and dtype when no site was drawn (the result is zeros then).
+
+        Returns
+        -------
+        Tensor
+            Per sample, the sums over all drawn sites.
+        """
+        if not self._log_prior:
+            return reference.new_zeros((self.num_samples, 2))
+        log_prior = torch.stack(self._log_prior).sum(dim=0)
+        log_variational = torch.stack(self._log_variational).sum(dim=0)
+        return torch.stack((log_prior, log_variational), dim=1)

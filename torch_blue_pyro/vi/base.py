@@ -1,0 +1,649 @@
+"""VIModule: the base class of every Bayesian module, a PyroModule with torch_blue API.
+
+A VIModule runs in one of two modes, chosen when its outermost instance is called:
+
+* **torch_blue mode** (no Pyro handler active): ``model(x, samples=S)`` draws ``S``
+  weight sets from the variational distributions, runs the forward pass once,
+  vectorized over a leading sample dimension, and returns a
+  :class:`~torch_blue_pyro.vi.VIReturn` carrying the ``(S, 2)`` log-probabilities.
+* **Pyro mode** (under ``trace``, ``SVI``, ``Predictive``, ``MCMC``, ...): the module is
+  a plain Pyro model; every random variable is one ``pyro.sample`` site drawn from its
+  prior (or supplied by a guide), with no extra dimension.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from pyro.distributions import TorchDistribution
+from pyro.nn import PyroModule, PyroSample
+from pyro.nn.module import _make_name
+from torch import Tensor
+from torch.nn import Parameter, init
+
+from ..guides import sample_from_variational
+from ..poutine.runtime import in_pyro_inference, local_param
+from ..poutine.variational import VariationalMessenger
+from .distributions import MeanFieldNormal, Prior, VariationalDistribution
+from .random_variable import RandomVariable
+from .utils.errors import NoVariablesError, UnsupportedDistributionError
+from .utils.vi_return import VIReturn
+
+_D = TypeVar("_D")
+
+
+class _CallState(threading.local):
+    """Per-thread state of the outermost VIModule call in progress."""
+
+    depth: int = 0
+    sampler: VariationalMessenger | None = None
+
+
+_CALL = _CallState()
+
+
+class _PriorOf:
+    """The prior of one random variable, as a :class:`~pyro.nn.PyroSample` callable."""
+
+    def __init__(self, variable: str) -> None:
+        self.variable = variable
+
+    def __call__(self, module: VIModule) -> TorchDistribution:
+        return RandomVariable(module, self.variable).prior_pyro_distribution()
+
+
+class VIModule(PyroModule):
+    """Base class of Bayesian modules trained by variational inference.
+
+    Use it like :class:`torch.nn.Module`. A module with random variables of its own
+    passes their shapes as ``variable_shapes`` (``{"weight": (out, in), "bias":
+    (out,)}``); each becomes
+
+    * a :class:`~pyro.nn.PyroSample` site named by the module path plus the variable
+      (``"0.weight"``), whose distribution is the variable's prior, and
+    * ``nn.Parameter`` s holding its variational parameters, named
+      ``_{variable}_{parameter}`` (``_weight_mean``, ``_weight_log_std``), so
+      ``parameters()``, ``state_dict()`` and any torch optimizer work as usual.
+
+    Inside ``forward``, reading ``self.weight`` gives the weight of the current draw:
+    with a leading sample dimension in torch_blue mode, without one in Pyro mode. A
+    module whose ``forward`` cannot handle that dimension (the default for user
+    subclasses, e.g. ``F.linear(x, self.weight, self.bias)``) is run per sample with
+    :func:`torch.vmap`; set the class attribute ``handles_sample_dim = True`` when the
+    ``forward`` handles the leading sample dimension of weights and inputs itself, as
+    the built-in layers do. Outside ``forward``, reading a random variable draws a
+    fresh sample from its variational distribution. A variable whose shape is ``None``
+    always reads as ``None``.
+
+    Calling the outermost module without a Pyro handler active is torch_blue's
+    autosampling: it accepts ``samples`` (default 10) and ``sampled_input`` and
+    returns :class:`~torch_blue_pyro.vi.VIReturn` outputs with a leading sample
+    dimension (see :meth:`sampled_forward`). Nested modules never add a dimension.
+
+    Parameters
+    ----------
+    variable_shapes: Mapping[str, tuple[int, ...] or None], optional
+        The random variables, in order, and their shapes. ``None`` (the default)
+        makes a module without random variables of its own, such as a container.
+    variational_distribution: VariationalDistribution or list, default MeanFieldNormal()
+        One distribution for all variables, or one per variable in order.
+    prior: Prior or list, default: MeanFieldNormal()
+        One prior for all variables, or one per variable in order.
+    rescale_prior: bool, default: False
+        Scale the priors with the layer width (see
+        :meth:`~torch_blue_pyro.vi.distributions.Prior.kaiming_rescale`).
+    kaiming_initialization: bool, default: True
+        Scale the initial non-primary variational parameters with the fan-in.
+    prior_initialization: bool, default: False
+        Initialize the variational parameters to the prior.
+    return_log_probs: bool, default: True
+        Whether outputs carry log-probabilities (needed by
+        :class:`~torch_blue_pyro.vi.KullbackLeiblerLoss`; switch off to predict).
+    device: torch.device, optional
+        Device of the parameters.
+    dtype: torch.dtype, optional
+        Dtype of the parameters.
+
+    Raises
+    ------
+    UnsupportedDistributionError
+        If a distribution cannot play the role it is given.
+    """
+
+    handles_sample_dim: ClassVar[bool] = False
+    _return_log_probs: bool = True
+
+    def __init__(
+        self,
+        variable_shapes: Mapping[str, tuple[int, ...] | None] | None = None,
+        variational_distribution: VariationalDistribution
+        | Sequence[VariationalDistribution] = MeanFieldNormal(),
+        prior: Prior | Sequence[Prior] = MeanFieldNormal(),
+        rescale_prior: bool = False,
+        kaiming_initialization: bool = True,
+        prior_initialization: bool = False,
+        return_log_probs: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self._return_log_probs = return_log_probs
+        if variable_shapes is None:
+            return
+        shapes = _validated_shapes(variable_shapes)
+        names = tuple(shapes)
+        variational = _one_per_variable(
+            variational_distribution,
+            names,
+            VariationalDistribution,
+            "variational_distribution",
+            "a variational distribution",
+        )
+        priors = _one_per_variable(prior, names, Prior, "prior", "a prior")
+        self.__dict__["_variable_shapes"] = shapes
+        self.variational_distribution: dict[str, VariationalDistribution | None] = {
+            name: dist if shapes[name] is not None else None
+            for name, dist in zip(names, variational, strict=True)
+        }
+        self.prior: dict[str, Prior | None] = {
+            name: dist if shapes[name] is not None else None
+            for name, dist in zip(names, priors, strict=True)
+        }
+        self._kaiming_init = kaiming_initialization
+        self._prior_init = prior_initialization
+        if rescale_prior:
+            fan_in = _fan_in(shapes)
+            for each_prior in self.prior.values():
+                if each_prior is not None:
+                    each_prior.kaiming_rescale(fan_in)
+
+        for name, shape in shapes.items():
+            dist = self.variational_distribution[name]
+            if shape is None or dist is None:
+                continue
+            for parameter in dist.distribution_parameters:
+                attribute = self.variational_parameter_name(name, parameter)
+                empty = torch.empty(shape, device=device, dtype=dtype)
+                setattr(self, attribute, Parameter(empty))
+            site = PyroSample(_PriorOf(name))  # type: ignore[arg-type]
+            setattr(self, name, site)
+        self.reset_variational_parameters()
+
+    # ------------------------------------------------------------------ variables
+    @property
+    def random_variables(self) -> tuple[str, ...] | None:
+        """Names of the module's own random variables, or ``None`` if it has none."""
+        shapes = self.__dict__.get("_variable_shapes")
+        return None if shapes is None else tuple(shapes)
+
+    @staticmethod
+    def variational_parameter_name(variable: str, variational_parameter: str) -> str:
+        """The attribute name of a variational parameter: ``_{variable}_{parameter}``.
+
+        Parameters
+        ----------
+        variable: str
+            The random variable, e.g. ``"weight"``.
+        variational_parameter: str
+            The parameter of its variational distribution, e.g. ``"log_std"``.
+
+        Returns
+        -------
+        str
+            E.g. ``"_weight_log_std"``.
+        """
+        return f"_{variable}_{variational_parameter}"
+
+    def _require_variables(self, action: str) -> tuple[str, ...]:
+        variables = self.random_variables
+        if variables is None:
+            raise NoVariablesError(
+                f"{type(self).__name__} has no random variables {action}"
+            )
+        return variables
+
+    def _require_variable(self, variable: str, action: str) -> None:
+        variables = self._require_variables(action)
+        if variable not in variables:
+            raise KeyError(
+                f"{type(self).__name__} has no random variable {variable!r}; "
+                f"its random variables are {variables}"
+            )
+        if self.variational_distribution[variable] is None:
+            raise NoVariablesError(f"{variable} is None and has no parameters {action}")
+
+    def get_variational_parameters(self, variable: str) -> list[Tensor]:
+        """The variational parameters of one variable, in its distribution's order.
+
+        Parameters
+        ----------
+        variable: str
+            A name from :attr:`random_variables`.
+
+        Returns
+        -------
+        list[Tensor]
+            E.g. ``[_weight_mean, _weight_log_std]``.
+
+        Raises
+        ------
+        NoVariablesError
+            If the module has no random variables or ``variable`` is ``None``.
+        """
+        self._require_variable(variable, "to get")
+        dist = self.variational_distribution[variable]
+        assert dist is not None
+        return [
+            getattr(self, self.variational_parameter_name(variable, parameter))
+            for parameter in dist.distribution_parameters
+        ]
+
+    def reset_variational_parameters(self) -> None:
+        """(Re-)initialize the variational parameters of the module's own variables.
+
+        Raises
+        ------
+        NoVariablesError
+            If the module has no random variables.
+        """
+        variables = self._require_variables("to reset")
+        shapes = self.__dict__["_variable_shapes"]
+        fan_in = _fan_in(shapes)
+        for variable in variables:
+            dist = self.variational_distribution[variable]
+            if dist is None:
+                continue
+            dist.reset_variational_parameters(
+                self, variable, fan_in, self._kaiming_init
+            )
+            if self._prior_init:
+                prior = self.prior[variable]
+                assert prior is not None
+                prior.reset_parameters_to_prior(self, variable)
+
+    def sample_variable(self, variable: str) -> Tensor | None:
+        """Draw one sample of a variable from its variational distribution.
+
+        Parameters
+        ----------
+        variable: str
+            A name from :attr:`random_variables`.
+
+        Returns
+        -------
+        Tensor or None
+            A differentiable sample of the variable's shape (``None`` for a variable
+            whose shape is ``None``). Nothing is recorded: log-probabilities are only
+            collected during a forward pass.
+
+        Raises
+        ------
+        NoVariablesError
+            If the module has no random variables.
+        """
+        self._require_variables("to sample")
+        if self.variational_distribution[variable] is None:
+            return None
+        return RandomVariable(self, variable).sample()
+
+    def get_log_probs(self, sample: Tensor, variable: str) -> Tensor:
+        """``[log prior, log variational]`` of a sample of one variable.
+
+        Parameters
+        ----------
+        sample: Tensor
+            A value of the variable's shape.
+        variable: str
+            A name from :attr:`random_variables`.
+
+        Returns
+        -------
+        Tensor
+            Shape ``(2,)``: the log prior and log variational probability, each summed
+            over the elements.
+
+        Raises
+        ------
+        NoVariablesError
+            If the module has no random variables.
+        """
+        self._require_variable(variable, "to score")
+        return RandomVariable(self, variable).log_probs(sample)
+
+    def reset_log_probs(self) -> None:
+        """Kept for torch_blue compatibility; there is nothing to reset.
+
+        Log-probabilities here are collected per call by the sampling handler and
+        never stored on modules, so reading a weight outside ``forward`` cannot leak
+        into the next call's log-probabilities.
+        """
+
+    @property
+    def return_log_probs(self) -> bool:
+        """Whether outputs carry log-probabilities; setting it sets all submodules."""
+        return self._return_log_probs
+
+    @return_log_probs.setter
+    def return_log_probs(self, mode: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, VIModule):
+                module._return_log_probs = bool(mode)
+
+    # ------------------------------------------------------------ Pyro plumbing
+    def __getattr__(self, name: str) -> Any:
+        state = self.__dict__
+        shapes = state.get("_variable_shapes")
+        if shapes is not None and name in shapes:
+            if shapes[name] is None:
+                return None
+            if not state["_pyro_context"].active:
+                return RandomVariable(self, name).sample()
+            return super().__getattr__(name)  # the PyroSample site
+        # Own parameters and submodules are returned as they are: Pyro's global param
+        # store must not hold them (several models with the same names would share it).
+        for store in ("_parameters", "_modules"):
+            members = state.get(store)
+            if members is not None and name in members:
+                return members[name]
+        return super().__getattr__(name)
+
+    def _bind_submodules(self) -> dict[str, RandomVariable]:
+        """Name every sub-PyroModule's sites from this module and share its context.
+
+        Pyro names a submodule's sites only through chains of PyroModules; this also
+        covers VIModules inside plain ``nn.Module`` containers.
+
+        Returns
+        -------
+        dict[str, RandomVariable]
+            Every random variable below (and of) this module, by site name.
+        """
+        state = self.__dict__
+        prefix, context = state["_pyro_name"], state["_pyro_context"]
+        sites: dict[str, RandomVariable] = {}
+        for path, module in self.named_modules():
+            if module is not self and isinstance(module, PyroModule):
+                module.__dict__["_pyro_name"] = _make_name(prefix, path)
+                module.__dict__["_pyro_context"] = context
+            if isinstance(module, VIModule):
+                for variable in module._present_variables():
+                    site = RandomVariable(module, variable)
+                    sites[site.name] = site
+        return sites
+
+    def _present_variables(self) -> list[str]:
+        shapes = self.__dict__.get("_variable_shapes") or {}
+        return [name for name, shape in shapes.items() if shape is not None]
+
+    def guide(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """A Pyro guide: every random variable drawn from its variational distribution.
+
+        Takes (and ignores) the model's arguments, so ``SVI(model_fn, net.guide,
+        optim, Trace_ELBO())`` trains the same ``nn.Parameter`` s as
+        :class:`~torch_blue_pyro.vi.KullbackLeiblerLoss`.
+
+        Returns
+        -------
+        dict[str, Tensor]
+            The drawn value of every site, by name.
+        """
+        return sample_from_variational(self._bind_submodules().values())
+
+    def _announce_deterministic_parameters(self) -> None:
+        """Announce every parameter that is not variational as a local Pyro param."""
+        variational = {
+            id(parameter)
+            for site in self._bind_submodules().values()
+            for parameter in site.variational_parameters()
+        }
+        prefix = self.__dict__["_pyro_name"]
+        for name, parameter in self.named_parameters():
+            if id(parameter) not in variational:
+                local_param(_make_name(prefix, name), parameter)
+
+    # -------------------------------------------------------------- calling
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the module: autosampling when outermost in torch_blue mode, see class."""
+        if _CALL.depth:
+            sampler = _CALL.sampler
+            if sampler is not None and not self.handles_sample_dim:
+                return self._call_per_sample(sampler, args, kwargs)
+            return super().__call__(*args, **kwargs)
+        _CALL.depth += 1
+        try:
+            if in_pyro_inference():
+                for keyword in ("samples", "sampled_input"):
+                    if keyword in kwargs:
+                        raise TypeError(
+                            f"{keyword} is for torch_blue's autosampling; under a Pyro "
+                            "handler the model is a plain Pyro model (use "
+                            "num_particles or pyro.plate for several draws)"
+                        )
+                self._bind_submodules()
+                self._announce_deterministic_parameters()
+                return super().__call__(*args, **kwargs)
+            return self.sampled_forward(*args, **kwargs)
+        finally:
+            _CALL.depth -= 1
+
+    def sampled_forward(
+        self,
+        *input_: Any,
+        samples: int = 10,
+        sampled_input: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Forward pass over ``samples`` weight draws at once (torch_blue autosampling).
+
+        The outermost module's call comes here. Every input tensor gains a leading
+        sample dimension (a stride-0 view, no copy), every random variable is drawn
+        ``samples`` times from its variational distribution, and the forward pass runs
+        once on the stacked draws.
+
+        Parameters
+        ----------
+        input_: Tensor
+            The inputs of ``forward``.
+        samples: int, default: 10
+            ``S``, the number of weight draws; a positive int.
+        sampled_input: bool, default: False
+            The inputs already have the leading sample dimension; ``S`` is its size
+            and ``samples`` is ignored.
+        kwargs: Any
+            Further keyword arguments of ``forward``.
+
+        Returns
+        -------
+        VIReturn or tuple[VIReturn, ...]
+            Each output tensor with shape ``(S, *)`` and ``log_probs`` of shape
+            ``(S, 2)`` ([log prior, log variational] per draw), or ``None`` with
+            ``return_log_probs=False``.
+
+        Raises
+        ------
+        ValueError
+            If ``samples`` is not a positive int or sampled inputs disagree on ``S``.
+        TypeError
+            If an input is not a tensor.
+        """
+        for index, value in enumerate(input_):
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(
+                    f"{type(self).__name__} expects tensors as inputs, got "
+                    f"{type(value).__name__} for input {index}"
+                )
+        tensors = [x for x in input_ if x is not None]
+        if sampled_input:
+            num_samples = _sample_dim_of(tensors)
+            expanded: tuple[Any, ...] = input_
+        else:
+            num_samples = _validated_samples(samples)
+            expanded = tuple(
+                None if x is None else x.expand(num_samples, *x.shape) for x in input_
+            )
+        sampler = VariationalMessenger(
+            num_samples, self._bind_submodules(), self._return_log_probs
+        )
+        _CALL.sampler = sampler
+        try:
+            with sampler:
+                if self.handles_sample_dim:
+                    output = super().__call__(*expanded, **kwargs)
+                else:
+                    output = self._call_per_sample(sampler, expanded, kwargs)
+        finally:
+            _CALL.sampler = None
+        log_probs = None
+        if self._return_log_probs:
+            reference: Tensor = next(
+                iter(self.parameters()), tensors[0] if tensors else torch.zeros(())
+            )
+            log_probs = sampler.log_probs(reference)
+        return _attach_log_probs(output, log_probs)
+
+    def _call_per_sample(
+        self,
+        sampler: VariationalMessenger,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run a forward written for one sample on each of the ``S`` draws (vmap).
+
+        Every random variable of this subtree is drawn (stacked) first; inside
+        :func:`torch.vmap` each access then reads its own draw, so ``self.weight`` has
+        the variable's shape and built-in submodules take their single-sample path.
+        Tensor arguments whose first dimension is ``S`` are split along it; others are
+        shared by all samples.
+        """
+        num_samples = sampler.num_samples
+        context = self.__dict__["_pyro_context"]
+        with context:
+            draws = {
+                name: getattr(site.module, site.variable)
+                for name, site in self._bind_submodules().items()
+            }
+
+            def forward_one_sample(weights: dict[str, Tensor], *inputs: Any) -> Any:
+                saved = {name: context.cache.get(name) for name in weights}
+                context.cache.update(weights)
+                _CALL.sampler = None
+                try:
+                    return PyroModule.__call__(self, *inputs, **kwargs)
+                finally:
+                    _CALL.sampler = sampler
+                    context.cache.update(saved)
+
+            in_dims = tuple(
+                0
+                if isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] == num_samples
+                else None
+                for x in args
+            )
+            return torch.vmap(
+                forward_one_sample, in_dims=(0, *in_dims), randomness="different"
+            )(draws, *args)
+
+
+def _validated_shapes(
+    variable_shapes: Mapping[str, tuple[int, ...] | None],
+) -> dict[str, tuple[int, ...] | None]:
+    if not isinstance(variable_shapes, Mapping):
+        raise TypeError(
+            "variable_shapes must map variable names to shapes, got "
+            f"{type(variable_shapes).__name__}"
+        )
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for name, shape in variable_shapes.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"variable_shapes keys must be identifiers, got {name!r}")
+        if shape is None:
+            shapes[name] = None
+            continue
+        dims = tuple(shape) if isinstance(shape, Sequence) else (shape,)
+        if not all(isinstance(d, numbers.Integral) and d > 0 for d in dims):
+            raise ValueError(
+                f"variable_shapes[{name!r}] must be a tuple of positive ints or None, "
+                f"got {shape!r}"
+            )
+        shapes[name] = tuple(int(d) for d in dims)
+    return shapes
+
+
+def _one_per_variable(
+    given: _D | Sequence[_D],
+    names: tuple[str, ...],
+    role: type,
+    argument: str,
+    role_text: str,
+) -> list[_D]:
+    """A private copy of the distribution per variable, each checked for its role."""
+    if isinstance(given, (list, tuple)):
+        if len(given) != len(names):
+            raise ValueError(
+                f"{argument} must be one distribution or a list of one per random "
+                f"variable {names}, got a list of {len(given)}"
+            )
+        dists = list(given)
+    else:
+        dists = [given] * len(names)
+    for dist in dists:
+        if not isinstance(dist, role):
+            raise UnsupportedDistributionError(
+                f"{type(dist).__name__} cannot be used as {role_text} ({argument})"
+            )
+    return [copy.deepcopy(dist) for dist in dists]
+
+
+def _fan_in(shapes: Mapping[str, tuple[int, ...] | None]) -> int:
+    """Fan-in of the first variable with at least two dimensions (torch's rule)."""
+    present = [shape for shape in shapes.values() if shape is not None]
+    if not present:
+        raise NoVariablesError("All module variables are set to None.")
+    for shape in present:
+        if len(shape) >= 2:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(
+                torch.empty(shape, device="meta")
+            )
+            return fan_in
+    warnings.warn(
+        "only one-dimensional variables found; assuming fan_in = 1", stacklevel=3
+    )
+    return 1
+
+
+def _validated_samples(samples: Any) -> int:
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral):
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    if samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples}")
+    return int(samples)
+
+
+def _sample_dim_of(tensors: list[Tensor]) -> int:
+    if not tensors or any(t.dim() == 0 for t in tensors):
+        raise ValueError(
+            "sampled_input=True needs inputs with a leading sample dimension"
+        )
+    sizes = {t.shape[0] for t in tensors}
+    if len(sizes) != 1:
+        raise ValueError(
+            "sampled_input=True needs the same leading sample dimension on every "
+            f"input, got sizes {sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def _attach_log_probs(output: Any, log_probs: Tensor | None) -> Any:
+    if isinstance(output, Tensor):
+        return VIReturn.from_tensor(output, log_probs)
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, Tensor):
+                VIReturn.from_tensor(item, log_probs)
+    return output

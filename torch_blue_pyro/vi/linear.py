@@ -1,0 +1,132 @@
+"""VILinear: the Bayesian counterpart of :class:`torch.nn.Linear`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .. import functional
+from .base import VIModule
+from .distributions import MeanFieldNormal, Prior, VariationalDistribution
+
+
+class VILinear(VIModule):
+    r"""Affine map :math:`y = x W^\top + b` with random weight and bias.
+
+    The Bayesian :class:`torch.nn.Linear`, with torch_blue's argument order. Its
+    random variables are ``("weight", "bias")``, with ``bias`` of shape ``None`` when
+    ``bias=False``; their sites are ``"<path>.weight"`` and ``"<path>.bias"``.
+
+    Parameters
+    ----------
+    in_features: int
+        Size of each input sample.
+    out_features: int
+        Size of each output sample.
+    variational_distribution: VariationalDistribution or list, default MeanFieldNormal()
+        See :class:`~torch_blue_pyro.vi.VIModule`.
+    prior: Prior or list, default: MeanFieldNormal()
+        See :class:`~torch_blue_pyro.vi.VIModule`.
+    bias: bool, default: True
+        Whether to learn an additive bias.
+    rescale_prior, kaiming_initialization, prior_initialization
+        See :class:`~torch_blue_pyro.vi.VIModule`.
+    return_log_probs, device, dtype
+        See :class:`~torch_blue_pyro.vi.VIModule`.
+
+    Shape
+    -----
+    - Input: :math:`(*, H_{in})`; in a layer nested in torch_blue mode
+      :math:`(S, *, H_{in})`.
+    - Output: :math:`(*, H_{out})`; the outermost module's output gains the leading
+      sample dimension: :math:`(S, *, H_{out})`.
+
+    Examples
+    --------
+    >>> layer = VILinear(20, 30)
+    >>> out = layer(torch.randn(128, 20), samples=4)
+    >>> out.shape, out.log_probs.shape
+    (torch.Size([4, 128, 30]), torch.Size([4, 2]))
+    """
+
+    handles_sample_dim: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        variational_distribution: VariationalDistribution
+        | Sequence[VariationalDistribution] = MeanFieldNormal(),
+        prior: Prior | Sequence[Prior] = MeanFieldNormal(),
+        bias: bool = True,
+        rescale_prior: bool = False,
+        kaiming_initialization: bool = True,
+        prior_initialization: bool = False,
+        return_log_probs: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        for argument, value in (
+            ("in_features", in_features),
+            ("out_features", out_features),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{argument} must be a positive int, got {value!r}")
+        super().__init__(
+            variable_shapes={
+                "weight": (out_features, in_features),
+                "bias": (out_features,) if bias else None,
+            },
+            variational_distribution=variational_distribution,
+            prior=prior,
+            rescale_prior=rescale_prior,
+            kaiming_initialization=kaiming_initialization,
+            prior_initialization=prior_initialization,
+            return_log_probs=return_log_probs,
+            device=device,
+            dtype=dtype,
+        )
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def forward(self, input_: Tensor) -> Tensor:
+        r"""Apply the layer with the current draw of weight and bias.
+
+        Parameters
+        ----------
+        input_: Tensor
+            :math:`(*, H_{in})`, with the leading sample dimension in torch_blue mode.
+
+        Returns
+        -------
+        Tensor
+            :math:`(*, H_{out})`.
+
+        Raises
+        ------
+        TypeError
+            If ``input_`` is not a tensor.
+        ValueError
+            If the last dimension of ``input_`` is not ``in_features``.
+        """
+        if not isinstance(input_, Tensor):
+            raise TypeError(
+                f"VILinear expects a tensor input, got {type(input_).__name__}"
+            )
+        if input_.dim() == 0 or input_.shape[-1] != self.in_features:
+            raise ValueError(
+                f"VILinear(in_features={self.in_features}) expects input of shape "
+                f"(*, {self.in_features}), got {tuple(input_.shape)}"
+            )
+        return functional.linear(input_, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        """Describe the layer's sizes, as ``nn.Linear`` does."""
+        bias = self.variational_distribution["bias"] is not None
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={bias}"
+        )

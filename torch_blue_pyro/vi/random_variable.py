@@ -1,0 +1,119 @@
+"""A random variable of a VIModule, bound to its Pyro site name.
+
+:class:`RandomVariable` is the meeting point of the two worlds: it implements what the
+Pyro-side handlers need (:class:`~torch_blue_pyro.poutine.VariationalSite`,
+:class:`~torch_blue_pyro.guides.GuideSite`) from a layer's torch_blue distributions and
+``nn.Parameter`` s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+from pyro.distributions import TorchDistribution
+from pyro.nn.module import _make_name
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .base import VIModule
+    from .distributions import Prior, VariationalDistribution
+
+
+class RandomVariable:
+    """One random variable (``"weight"``, say) of one module.
+
+    Parameters
+    ----------
+    module: VIModule
+        The module that owns the variable.
+    variable: str
+        The variable's name in the module.
+    """
+
+    __slots__ = ("module", "name", "variable")
+
+    def __init__(self, module: VIModule, variable: str) -> None:
+        self.module = module
+        self.variable = variable
+        self.name = _make_name(module.__dict__["_pyro_name"], variable)
+
+    @property
+    def prior(self) -> Prior:
+        """The variable's prior."""
+        return self.module.prior[self.variable]  # type: ignore[return-value]
+
+    @property
+    def variational_distribution(self) -> VariationalDistribution:
+        """The variable's variational distribution."""
+        return self.module.variational_distribution[self.variable]  # type: ignore[return-value]
+
+    def variational_parameters(self) -> tuple[Tensor, ...]:
+        """The variational parameters, in the distribution's parameter order."""
+        return tuple(self.module.get_variational_parameters(self.variable))
+
+    def named_variational_parameters(self) -> Iterator[tuple[str, Tensor]]:
+        """The variational parameters with their Pyro parameter names."""
+        prefix = self.module.__dict__["_pyro_name"]
+        for parameter in self.variational_distribution.distribution_parameters:
+            attribute = self.module.variational_parameter_name(self.variable, parameter)
+            yield _make_name(prefix, attribute), getattr(self.module, attribute)
+
+    def _hyperparameters(self) -> tuple[Tensor, ...]:
+        """The layer's parameters a hierarchical prior needs besides the sample."""
+        name = self.module.variational_parameter_name
+        return tuple(
+            getattr(self.module, name(self.variable, parameter))
+            for parameter in self.prior._required_parameters
+        )
+
+    def sample_with_log_probs(
+        self, num_samples: int, with_log_probs: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Draw ``S`` stacked variational samples and their log-probabilities.
+
+        Parameters
+        ----------
+        num_samples: int
+            ``S``.
+        with_log_probs: bool
+            Whether to compute the log-probabilities.
+
+        Returns
+        -------
+        tuple[Tensor, Tensor or None, Tensor or None]
+            ``(S, *shape)`` samples, their ``(S,)`` log prior and ``(S,)`` log
+            variational probabilities.
+        """
+        value, log_variational = self.variational_distribution.rsample_with_log_prob(
+            self.variational_parameters(), num_samples, with_log_probs
+        )
+        if not with_log_probs:
+            return value, None, None
+        log_prior = self.prior.log_prob_per_sample(value, self._hyperparameters())
+        return value, log_prior, log_variational
+
+    def sample(self) -> Tensor:
+        """One reparameterized draw from the variational distribution."""
+        return self.variational_distribution.sample(self.variational_parameters())
+
+    def log_probs(self, sample: Tensor) -> Tensor:
+        """``[log prior, log variational]`` of one sample, each summed over elements."""
+        parameters = self.variational_parameters()
+        variational = self.variational_distribution.variational_log_prob(
+            sample, parameters
+        )
+        prior = self.prior.prior_log_prob(sample, self._hyperparameters())
+        return torch.stack((prior.sum(), variational.sum()))
+
+    def prior_pyro_distribution(self) -> TorchDistribution:
+        """The prior as the Pyro distribution of this variable's sample site."""
+        reference = self.variational_parameters()[0]
+        return self.prior.pyro_distribution(reference.shape, reference)
+
+    def variational_pyro_distribution(self) -> TorchDistribution:
+        """The variational distribution as a Pyro distribution (the guide's site)."""
+        return self.variational_distribution.pyro_distribution(
+            self.variational_parameters()
+        )
