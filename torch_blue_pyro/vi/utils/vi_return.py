@@ -96,7 +96,7 @@ class VIReturn(Tensor):
     def __reduce_ex__(self, protocol: Any) -> Any:
         return (VIReturn, (self.as_tensor().detach(), self.log_probs))
 
-    def __repr__(self, *, tensor_contents: Any = None) -> Any:
+    def __repr__(self, *, tensor_contents: Any = None) -> Any:  # type: ignore[override]
         text = repr(self.as_tensor())
         if self.log_probs is None:
             return f"VIReturn({text}, log_probs=None)"
