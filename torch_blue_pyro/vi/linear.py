@@ -116,12 +116,16 @@ class VILinear(VIModule):
             raise TypeError(
                 f"VILinear expects a tensor input, got {type(input_).__name__}"
             )
+        weight = self.weight
         if input_.dim() == 0 or input_.shape[-1] != self.in_features:
+            # In torch_blue mode the input carries the sample dimension; report the
+            # shape the user passed.
+            shape = tuple(input_.shape[weight.dim() - 2 :])
             raise ValueError(
                 f"VILinear(in_features={self.in_features}) expects input of shape "
-                f"(*, {self.in_features}), got {tuple(input_.shape)}"
+                f"(*, {self.in_features}), got {shape}"
             )
-        return functional.linear(input_, self.weight, self.bias)
+        return functional.linear(input_, weight, self.bias)
 
     def extra_repr(self) -> str:
         """Describe the layer's sizes, as ``nn.Linear`` does."""

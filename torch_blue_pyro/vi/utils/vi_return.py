@@ -86,10 +86,12 @@ class VIReturn(Tensor):
     def __deepcopy__(self, memo: dict[int, Any]) -> VIReturn:
         if id(self) in memo:
             return memo[id(self)]
+        # Like a deep copy of a module, the copy is cut from the autograd graph.
         data = copy.deepcopy(self.as_tensor().detach(), memo)
-        if self.requires_grad:
-            data.requires_grad_(True)
-        result = VIReturn(data, copy.deepcopy(self.log_probs, memo))
+        log_probs = None
+        if self.log_probs is not None:
+            log_probs = copy.deepcopy(self.log_probs.detach(), memo)
+        result = VIReturn(data, log_probs)
         memo[id(self)] = result
         return result
 

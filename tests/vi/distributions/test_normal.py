@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+
+from torch_blue_pyro.vi.distributions import MeanFieldNormal
+from torch_blue_pyro.vi.utils import use_norm_constants
+
+torch_blue_distributions = pytest.importorskip("torch_blue.vi.distributions")
+
+
+def test_log_prob_matches_torch_blue_and_the_closed_form() -> None:
+    sample, mean, log_std = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    ours = MeanFieldNormal().log_prob(sample, (mean, log_std))
+    theirs = torch_blue_distributions.MeanFieldNormal().log_prob(
+        sample, (mean, log_std)
+    )
+    torch.testing.assert_close(ours, theirs)
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    torch.testing.assert_close(
+        ours,
+        normal.log_prob(sample) + 0.5 * math.log(2 * math.pi),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_norm_constants_switch() -> None:
+    sample, mean, log_std = torch.randn(5), torch.zeros(5), torch.zeros(5)
+    try:
+        use_norm_constants(True)
+        with_constants = MeanFieldNormal().log_prob(sample, (mean, log_std))
+    finally:
+        use_norm_constants(False)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(sample)
+    torch.testing.assert_close(with_constants, expected)
+
+
+@pytest.mark.parametrize("norm_constants", [False, True])
+def test_closed_form_log_q_equals_scoring_the_sample(norm_constants: bool) -> None:
+    mean = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    log_std = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    dist = MeanFieldNormal()
+    try:
+        use_norm_constants(norm_constants)
+        samples, log_q = dist.rsample_with_log_prob((mean, log_std), 5, True)
+        scored = dist.log_prob(samples, (mean, log_std)).flatten(1).sum(1)
+    finally:
+        use_norm_constants(False)
+    torch.testing.assert_close(log_q, scored)
+    # The total derivative (through the sample too) agrees: zero for the mean, -1
+    # per element for the log-std.
+    inputs = (mean, log_std)
+    closed = torch.autograd.grad(
+        log_q.sum(), inputs, retain_graph=True, allow_unused=True
+    )
+    scored_grad = torch.autograd.grad(scored.sum(), inputs)
+    closed_mean = torch.zeros_like(mean) if closed[0] is None else closed[0]
+    torch.testing.assert_close(closed_mean, scored_grad[0])
+    torch.testing.assert_close(closed[1], scored_grad[1])
+    torch.testing.assert_close(closed[1], torch.full_like(log_std, -5.0))
+
+
+def test_closed_form_prior_equals_scoring_the_sample() -> None:
+    prior = MeanFieldNormal(mean=0.3, std=2.0)
+    samples = torch.randn(4, 3, 5, dtype=torch.float64)
+    expected = prior.prior_log_prob(samples).flatten(1).sum(1)
+    torch.testing.assert_close(prior.log_prob_per_sample(samples), expected)
+
+
+def test_samples_have_the_variational_moments() -> None:
+    mean, log_std = torch.full((2,), 1.5), torch.full((2,), math.log(0.5))
+    samples, _ = MeanFieldNormal().rsample_with_log_prob((mean, log_std), 40000, False)
+    torch.testing.assert_close(samples.mean(0), mean, atol=0.02, rtol=0)
+    torch.testing.assert_close(samples.std(0), log_std.exp(), atol=0.02, rtol=0)
+
+
+def test_both_call_styles_of_torch_blue() -> None:
+    mean, log_std = torch.zeros(3), torch.zeros(3)
+    dist = MeanFieldNormal()
+    assert dist.sample((mean, log_std)).shape == dist.sample(mean, log_std).shape
+    sample = torch.randn(3)
+    torch.testing.assert_close(
+        dist.log_prob(sample, (mean, log_std)), dist.log_prob(sample, mean, log_std)
+    )
+
+
+def test_predictive_role_matches_torch_blue() -> None:
+    samples, target = torch.randn(6, 4, 2), torch.randn(4, 2)
+    ours = MeanFieldNormal().log_prob_from_samples(target, samples)
+    theirs = torch_blue_distributions.MeanFieldNormal().log_prob_from_samples(
+        target, samples
+    )
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("std", [0.0, -1.0, float("nan"), float("inf")])
+def test_invalid_std(std: float) -> None:
+    with pytest.raises(ValueError, match="std must be a positive finite number"):
+        MeanFieldNormal(std=std)
+
+
+def test_pyro_forms() -> None:
+    prior = MeanFieldNormal(0.0, 2.0).pyro_distribution(
+        torch.Size([3, 4]), torch.zeros((), dtype=torch.float64)
+    )
+    assert prior.event_shape == (3, 4) and prior.batch_shape == ()
+    assert prior.sample().dtype == torch.float64
+    mean, log_std = torch.zeros(3, 4), torch.zeros(3, 4)
+    guide = MeanFieldNormal().pyro_distribution((mean, log_std))
+    assert guide.event_shape == (3, 4) and guide.has_rsample
