@@ -5,6 +5,7 @@ from .base import VIModule
 from .kl_loss import KullbackLeiblerLoss
 from .linear import VILinear
 from .sequential import VIResidualConnection, VISequential
+from .utils.common_types import VIkwargs
 from .utils.vi_return import VIReturn
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "VIResidualConnection",
     "VIReturn",
     "VISequential",
+    "VIkwargs",
     "distributions",
     "utils",
 ]

@@ -395,11 +395,13 @@ class VIModule(PyroModule):
         """
         return sample_from_variational(self._bind_submodules().values())
 
-    def _announce_deterministic_parameters(self) -> None:
+    def _announce_deterministic_parameters(
+        self, sites: Mapping[str, RandomVariable]
+    ) -> None:
         """Announce every parameter that is not variational as a local Pyro param."""
         variational = {
             id(parameter)
-            for site in self._bind_submodules().values()
+            for site in sites.values()
             for parameter in site.variational_parameters()
         }
         prefix = self.__dict__["_pyro_name"]
@@ -425,8 +427,7 @@ class VIModule(PyroModule):
                             "handler the model is a plain Pyro model (use "
                             "num_particles or pyro.plate for several draws)"
                         )
-                self._bind_submodules()
-                self._announce_deterministic_parameters()
+                self._announce_deterministic_parameters(self._bind_submodules())
                 return super().__call__(*args, **kwargs)
             return self.sampled_forward(*args, **kwargs)
         finally:
