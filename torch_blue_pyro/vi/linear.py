@@ -32,9 +32,17 @@ class VILinear(VIModule):
         See :class:`~torch_blue_pyro.vi.VIModule`.
     bias: bool, default: True
         Whether to learn an additive bias.
-    rescale_prior, kaiming_initialization, prior_initialization
+    rescale_prior: bool, default: False
         See :class:`~torch_blue_pyro.vi.VIModule`.
-    return_log_probs, device, dtype
+    kaiming_initialization: bool, default: True
+        See :class:`~torch_blue_pyro.vi.VIModule`.
+    prior_initialization: bool, default: False
+        See :class:`~torch_blue_pyro.vi.VIModule`.
+    return_log_probs: bool, default: True
+        See :class:`~torch_blue_pyro.vi.VIModule`.
+    device: torch.device, optional
+        See :class:`~torch_blue_pyro.vi.VIModule`.
+    dtype: torch.dtype, optional
         See :class:`~torch_blue_pyro.vi.VIModule`.
 
     Shape

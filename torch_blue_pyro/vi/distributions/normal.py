@@ -218,11 +218,25 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         """
         if len(args) == 2:
             event_shape, reference = args
+            # Every forward pass asks for the prior of every site: build it once per
+            # shape, device, dtype and parameter values.
+            key = (
+                tuple(event_shape),
+                reference.device,
+                reference.dtype,
+                float(self.mean),
+                float(self.log_std),
+            )
+            cached = self.__dict__.get("_pyro_prior")
+            if cached is not None and cached[0] == key:
+                return cached[1]
             factory = {"device": reference.device, "dtype": reference.dtype}
             loc = torch.as_tensor(float(self.mean), **factory)
             scale = torch.as_tensor(float(self.std), **factory)
             base = pyro_dist.Normal(loc, scale).expand(torch.Size(event_shape))
-            return base.to_event(len(event_shape))
+            prior = base.to_event(len(event_shape))
+            self.__dict__["_pyro_prior"] = (key, prior)
+            return prior
         (parameters,) = args
         mean, log_std = parameters
         return pyro_dist.Normal(mean, log_std.exp()).to_event(mean.dim())

@@ -16,8 +16,9 @@ class VIReturn(Tensor):
     ``VIReturn``: the tensor has a leading sample dimension ``S`` and
     :attr:`log_probs` holds, per weight sample, the log prior and the log variational
     probability of all weights drawn for it, shape ``(S, 2)``. It behaves like a tensor
-    everywhere; operations on it return plain values without ``log_probs``, except
-    :meth:`clone`, :meth:`to` and :func:`copy.deepcopy`, which keep them.
+    everywhere; the results of operations on it are ``VIReturn`` s whose
+    ``log_probs`` is ``None``, except :meth:`clone`, :meth:`to` and
+    :func:`copy.deepcopy`, which keep the log-probabilities.
 
     Parameters
     ----------
