@@ -3,7 +3,7 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from torch_blue_pyro import demo  # noqa: E402
+from torch_blue_pyro import demo
 
 
 def test_demo_trains_a_calibrated_classifier(capsys) -> None:
