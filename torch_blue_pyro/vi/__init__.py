@@ -6,6 +6,7 @@ from .kl_loss import KullbackLeiblerLoss
 from .linear import VILinear
 from .sequential import VIResidualConnection, VISequential
 from .utils.common_types import VIkwargs
+from .utils.convert import convert_to_vimodule
 from .utils.vi_return import VIReturn
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "VIReturn",
     "VISequential",
     "VIkwargs",
+    "convert_to_vimodule",
     "distributions",
     "utils",
 ]

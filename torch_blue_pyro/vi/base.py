@@ -17,14 +17,15 @@ import copy
 import numbers
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.nn import PyroModule, PyroSample
-from pyro.nn.module import _make_name
-from torch import Tensor
+from pyro.nn.module import _Context, _make_name
+from torch import Tensor, nn
 from torch.nn import Parameter, init
 
 from ..guides import sample_from_variational
@@ -109,6 +110,11 @@ class VIModule(PyroModule):
         Device of the parameters.
     dtype: torch.dtype, optional
         Dtype of the parameters.
+    convert_overwrite: bool, default: False
+        Keep the module's existing ``nn.Module`` state (its submodules and
+        attributes) instead of initializing it: used by
+        :func:`~torch_blue_pyro.vi.convert_to_vimodule` on a module whose class it
+        has just swapped.
 
     Raises
     ------
@@ -131,8 +137,12 @@ class VIModule(PyroModule):
         return_log_probs: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        convert_overwrite: bool = False,
     ) -> None:
-        super().__init__()
+        if convert_overwrite:
+            _add_pyro_module_state(self)
+        else:
+            super().__init__()
         self._return_log_probs = return_log_probs
         if variable_shapes is None:
             return
@@ -549,6 +559,15 @@ class VIModule(PyroModule):
             return torch.vmap(
                 forward_one_sample, in_dims=(0, *in_dims), randomness="different"
             )(draws, *args)
+
+
+def _add_pyro_module_state(module: nn.Module) -> None:
+    """Give an initialized ``nn.Module`` the state ``PyroModule.__init__`` would set."""
+    state = module.__dict__
+    state["_pyro_name"] = ""
+    state["_pyro_context"] = _Context()
+    state["_pyro_params"] = OrderedDict()
+    state["_pyro_samples"] = OrderedDict()
 
 
 def _validated_shapes(

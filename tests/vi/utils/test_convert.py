@@ -1,0 +1,151 @@
+import pickle
+
+import pytest
+import torch
+from pyro import poutine
+from torch import nn
+
+from torch_blue_pyro import vi
+from torch_blue_pyro.vi.distributions import Categorical, MeanFieldNormal
+from torch_blue_pyro.vi.utils.convert import ban_convert, convert_norms
+
+POINT_MASS = MeanFieldNormal(std=1e-12)
+
+
+class Block(nn.Module):
+    """A user module with a parameter of its own, a layer and a norm."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, width))
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + torch.relu(self.fc(x)) * self.scale)
+
+
+def network() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), Block(8), nn.Linear(8, 3))
+
+
+def test_converts_in_place_to_the_builtin_layers() -> None:
+    net = network()
+    same = net
+    vi.convert_to_vimodule(net)
+    assert net is same
+    assert type(net) is vi.VISequential
+    assert [type(m).__name__ for m in net] == [
+        "VILinear",
+        "ReLU",
+        "AVIBlock",
+        "VILinear",
+    ]
+    assert isinstance(net[2], vi.VIModule) and isinstance(net[2], Block)
+    assert type(net[2].norm) is nn.LayerNorm, "norms stay deterministic"
+    assert net[2].random_variables == ("scale",)
+    assert net(torch.randn(5, 4), samples=3).shape == (3, 5, 3)
+
+
+def test_keep_weights_with_a_point_mass_reproduces_the_network() -> None:
+    net = network()
+    x = torch.randn(6, 4)
+    expected = net(x)
+    vi.convert_to_vimodule(net, keep_weights=True, variational_distribution=POINT_MASS)
+    out = net(x, samples=4)
+    for s in range(4):
+        torch.testing.assert_close(out[s].as_tensor(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_without_keep_weights_the_means_are_reinitialized() -> None:
+    net = network()
+    weight = net[0].weight.detach().clone()
+    vi.convert_to_vimodule(net)
+    assert not torch.equal(net[0]._weight_mean, weight)
+    assert net[0]._weight_mean.shape == weight.shape
+
+
+def test_converted_generic_module_is_a_pyro_model() -> None:
+    net = network()
+    vi.convert_to_vimodule(net)
+    trace = poutine.trace(net).get_trace(torch.randn(5, 4))
+    sites = {n for n, s in trace.nodes.items() if s["type"] == "sample"}
+    assert sites == {
+        "0.weight",
+        "0.bias",
+        "2.scale",
+        "2.fc.weight",
+        "2.fc.bias",
+        "3.weight",
+        "3.bias",
+    }
+
+
+def test_dtype_is_kept_per_parameter() -> None:
+    net = network().double()
+    vi.convert_to_vimodule(net)
+    assert all(p.dtype == torch.float64 for p in net.parameters())
+    out = net(torch.randn(2, 4, dtype=torch.float64), samples=2)
+    assert out.dtype == torch.float64
+
+
+def test_converted_model_trains_and_pickles() -> None:
+    net = network()
+    vi.convert_to_vimodule(net)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=64)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = loss_fn(net(x, samples=4), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
+    clone = pickle.loads(pickle.dumps(net))
+    torch.manual_seed(1)
+    first = net(x, samples=2)
+    torch.manual_seed(1)
+    torch.testing.assert_close(clone(x, samples=2).as_tensor(), first.as_tensor())
+
+
+def test_norms_can_be_converted_too() -> None:
+    try:
+        convert_norms(True)
+        net = network()
+        vi.convert_to_vimodule(net)
+        assert isinstance(net[2].norm, vi.VIModule)
+    finally:
+        convert_norms(False)
+    net = network()
+    vi.convert_to_vimodule(net)
+    assert not isinstance(net[2].norm, vi.VIModule)
+
+
+def test_ban_modes() -> None:
+    try:
+        ban_convert(Block)
+        net = network()
+        vi.convert_to_vimodule(net)
+        assert not isinstance(net[2], vi.VIModule)
+        assert isinstance(net[2].fc, vi.VILinear), "submodules are still converted"
+    finally:
+        ban_convert(Block, unban=True)
+    try:
+        ban_convert(Block, ban_mode="submodule")
+        net = network()
+        vi.convert_to_vimodule(net)
+        assert type(net[2].fc) is nn.Linear
+    finally:
+        ban_convert(Block, ban_mode="submodule", unban=True)
+    try:
+        ban_convert(nn.Linear, ban_mode="replace")
+        net = network()
+        vi.convert_to_vimodule(net)
+        assert type(net[0]).__name__ == "AVILinear"
+        assert net(torch.randn(2, 4), samples=2).shape == (2, 2, 3)
+    finally:
+        ban_convert(nn.Linear, ban_mode="replace", unban=True)
+    with pytest.raises(ValueError, match="ban_mode must be one of"):
+        ban_convert(Block, ban_mode="never")
