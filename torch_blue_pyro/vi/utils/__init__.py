@@ -2,10 +2,12 @@
 
 from .errors import NoVariablesError, UnsupportedDistributionError
 from .norm_constants import use_norm_constants
+from .post_init_metaclass import PostInitCallMeta
 from .vi_return import VIReturn
 
 __all__ = [
     "NoVariablesError",
+    "PostInitCallMeta",
     "UnsupportedDistributionError",
     "VIReturn",
     "use_norm_constants",
