@@ -14,6 +14,7 @@ class PostInitCallMeta(ABCMeta):
     """
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        """Construct the instance, then call its ``__post_init__``."""
         instance = super().__call__(*args, **kwargs)
         instance.__post_init__()
         return instance
