@@ -434,8 +434,9 @@ class VIModule(PyroModule):
                     if keyword in kwargs:
                         raise TypeError(
                             f"{keyword} is for torch_blue's autosampling; under a Pyro "
-                            "handler the model is a plain Pyro model (use "
-                            "num_particles or pyro.plate for several draws)"
+                            "handler the model is a plain Pyro model (for several "
+                            "draws use the ELBO's num_particles or Predictive's "
+                            "num_samples)"
                         )
                 self._announce_deterministic_parameters(self._bind_submodules())
                 return super().__call__(*args, **kwargs)
