@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import pyro
@@ -25,11 +25,18 @@ class GuideSite(Protocol):
         """The variational distribution with the variable's event shape."""
         ...
 
+    def hyper_guide_distributions(self) -> Mapping[str, TorchDistribution]:
+        """Guide distributions of the prior's hyper-sites by name (none usually)."""
+        ...
+
 
 def sample_from_variational(sites: Iterable[GuideSite]) -> dict[str, Tensor]:
     """Run a mean-field guide: each site drawn from its own variational distribution.
 
-    The variational parameters are announced with
+    A site whose prior is hierarchical first draws the prior's hyper-sites from
+    their guide distributions (for
+    :class:`~torch_blue_pyro.vi.distributions.BasicQuietPrior`, a point mass at the
+    layer's variational mean). The variational parameters are announced with
     :func:`~torch_blue_pyro.poutine.local_param`, so an optimizer driven by Pyro (e.g.
     :class:`pyro.infer.SVI`) updates the layers' own ``nn.Parameter`` s.
 
@@ -41,11 +48,13 @@ def sample_from_variational(sites: Iterable[GuideSite]) -> dict[str, Tensor]:
     Returns
     -------
     dict[str, Tensor]
-        The drawn value of each site, by name.
+        The drawn value of each site (and hyper-site), by name.
     """
     values: dict[str, Tensor] = {}
     for site in sites:
         for name, parameter in site.named_variational_parameters():
             local_param(name, parameter)
+        for name, hyper_guide in site.hyper_guide_distributions().items():
+            values[name] = pyro.sample(name, hyper_guide)
         values[site.name] = pyro.sample(site.name, site.variational_pyro_distribution())
     return values

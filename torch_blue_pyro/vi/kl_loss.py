@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any, ClassVar
 from warnings import warn
 
 from torch import Tensor
@@ -41,7 +42,96 @@ def validated_dataset_size(dataset_size: object, argument: str = "dataset_size")
     return int(dataset_size)
 
 
-class KullbackLeiblerLoss(Module):
+class _SampledOutputLoss(Module):
+    r"""What torch_blue's losses share: checks, the data term and the log.
+
+    Both :class:`KullbackLeiblerLoss` and
+    :class:`~torch_blue_pyro.vi.AnalyticalKullbackLeiblerLoss` score the targets with
+    the same data term,
+    :math:`-N \operatorname{mean}_{\text{batch}} \log p(y \mid \theta(f_1, \dots,
+    f_S))`; they differ in how they estimate the KL divergence.
+    """
+
+    _log_keys: ClassVar[tuple[str, ...]] = ("data_fitting", "prior_matching")
+
+    def __init__(
+        self,
+        predictive_distribution: PredictiveDistribution,
+        dataset_size: int | None,
+        heat: float,
+        track: bool,
+    ) -> None:
+        super().__init__()
+        if not isinstance(predictive_distribution, PredictiveDistribution):
+            raise UnsupportedDistributionError(
+                f"{type(predictive_distribution).__name__} cannot be used as a "
+                "predictive distribution (predictive_distribution)"
+            )
+        if not (isinstance(heat, numbers.Real) and math.isfinite(heat) and heat >= 0):
+            raise ValueError(f"heat must be a finite number >= 0, got {heat!r}")
+        self.predictive_distribution: PredictiveDistribution = predictive_distribution
+        self.dataset_size: int | None = (
+            None if dataset_size is None else validated_dataset_size(dataset_size)
+        )
+        self.heat: float = float(heat)
+        self._track: bool = False
+        self.log: dict[str, list] | None = None
+        self.track(track)
+
+    def track(self, mode: bool = True) -> None:
+        """Switch recording of the loss components on or off.
+
+        While on, every call appends to :attr:`log`: ``"data_fitting"`` (float) and
+        ``"prior_matching"`` (float, with ``heat`` applied), and for
+        :class:`KullbackLeiblerLoss` ``"log_probs"`` (the ``(2,)`` sample-mean log
+        prior and log variational, detached). Switching off keeps the history.
+
+        Parameters
+        ----------
+        mode: bool, default: True
+            Whether to record.
+        """
+        if mode and self.log is None:
+            self.log = {key: [] for key in self._log_keys}
+        self._track = bool(mode)
+
+    def _data_fitting(
+        self, samples: Tensor, target: Tensor, dataset_size: int | None
+    ) -> Tensor:
+        """The data term from ``(S, B, *)`` sampled outputs, warning without a size."""
+        if dataset_size is not None:
+            n_data = validated_dataset_size(dataset_size)
+        elif self.dataset_size is not None:
+            n_data = self.dataset_size
+        else:
+            n_data = samples.shape[1]
+            warn(
+                f"No dataset_size is provided. Batch size ({n_data}) is used instead.",
+                stacklevel=3,
+            )
+        log_likelihood = self.predictive_distribution.log_prob_from_samples(
+            target, samples
+        )
+        return -n_data * log_likelihood.mean(dim=0).sum()
+
+    def _record(
+        self, data_fitting: Tensor, prior_matching: Tensor, **extra: Any
+    ) -> None:
+        if self._track and self.log is not None:
+            self.log["data_fitting"].append(data_fitting.item())
+            self.log["prior_matching"].append(prior_matching.item())
+            for key, value in extra.items():
+                self.log[key].append(value)
+
+
+def _plain(model_output: Tensor) -> Tensor:
+    """The output as a plain tensor (a view of a :class:`VIReturn`)."""
+    if isinstance(model_output, VIReturn):
+        return model_output.as_tensor()
+    return model_output
+
+
+class KullbackLeiblerLoss(_SampledOutputLoss):
     r"""torch_blue's negative evidence lower bound, from ``S`` sampled outputs.
 
     For model outputs :math:`f_s(x)`, :math:`s = 1..S`, with log-probabilities
@@ -87,6 +177,12 @@ class KullbackLeiblerLoss(Module):
         finite.
     """
 
+    _log_keys: ClassVar[tuple[str, ...]] = (
+        "data_fitting",
+        "prior_matching",
+        "log_probs",
+    )
+
     def __init__(
         self,
         predictive_distribution: PredictiveDistribution,
@@ -94,38 +190,7 @@ class KullbackLeiblerLoss(Module):
         heat: float = 1.0,
         track: bool = False,
     ) -> None:
-        super().__init__()
-        if not isinstance(predictive_distribution, PredictiveDistribution):
-            raise UnsupportedDistributionError(
-                f"{type(predictive_distribution).__name__} cannot be used as a "
-                "predictive distribution (predictive_distribution)"
-            )
-        if not (isinstance(heat, numbers.Real) and math.isfinite(heat) and heat >= 0):
-            raise ValueError(f"heat must be a finite number >= 0, got {heat!r}")
-        self.predictive_distribution: PredictiveDistribution = predictive_distribution
-        self.dataset_size: int | None = (
-            None if dataset_size is None else validated_dataset_size(dataset_size)
-        )
-        self.heat: float = float(heat)
-        self._track: bool = False
-        self.log: dict[str, list] | None = None
-        self.track(track)
-
-    def track(self, mode: bool = True) -> None:
-        """Switch recording of the loss components on or off.
-
-        While on, every call appends to :attr:`log`: ``"data_fitting"`` (float),
-        ``"prior_matching"`` (float) and ``"log_probs"`` (the ``(2,)`` sample-mean
-        log prior and log variational, detached). Switching off keeps the history.
-
-        Parameters
-        ----------
-        mode: bool, default: True
-            Whether to record.
-        """
-        if mode and self.log is None:
-            self.log = {"data_fitting": [], "prior_matching": [], "log_probs": []}
-        self._track = bool(mode)
+        super().__init__(predictive_distribution, dataset_size, heat, track)
 
     def forward(
         self,
@@ -160,29 +225,10 @@ class KullbackLeiblerLoss(Module):
                 "KullbackLeiblerLoss needs model_output with log_probs: pass the "
                 "output of the outermost VIModule called with return_log_probs=True"
             )
-        samples = (
-            model_output.as_tensor()
-            if isinstance(model_output, VIReturn)
-            else model_output
-        )
-        if dataset_size is not None:
-            n_data = validated_dataset_size(dataset_size)
-        elif self.dataset_size is not None:
-            n_data = self.dataset_size
-        else:
-            n_data = samples.shape[1]
-            warn(
-                f"No dataset_size is provided. Batch size ({n_data}) is used instead.",
-                stacklevel=2,
-            )
         mean_log_probs = log_probs.mean(dim=0) if log_probs.dim() != 1 else log_probs
         prior_matching = self.heat * (mean_log_probs[1] - mean_log_probs[0])
-        log_likelihood = self.predictive_distribution.log_prob_from_samples(
-            target, samples
+        data_fitting = self._data_fitting(_plain(model_output), target, dataset_size)
+        self._record(
+            data_fitting, prior_matching, log_probs=mean_log_probs.detach().clone()
         )
-        data_fitting = -n_data * log_likelihood.mean(dim=0).sum()
-        if self._track and self.log is not None:
-            self.log["data_fitting"].append(data_fitting.item())
-            self.log["prior_matching"].append(prior_matching.item())
-            self.log["log_probs"].append(mean_log_probs.detach().clone())
         return data_fitting + prior_matching

@@ -16,6 +16,8 @@ from pyro.distributions import TorchDistribution
 from pyro.nn.module import _make_name
 from torch import Tensor
 
+from .utils.errors import UnsupportedDistributionError
+
 if TYPE_CHECKING:
     from .base import VIModule
     from .distributions import Prior, VariationalDistribution
@@ -62,10 +64,22 @@ class RandomVariable:
 
     def _hyperparameters(self) -> tuple[Tensor, ...]:
         """The layer's parameters a hierarchical prior needs besides the sample."""
+        required = self.prior._required_parameters
+        if not required:
+            return ()
+        offered = self.variational_distribution.distribution_parameters
+        missing = [parameter for parameter in required if parameter not in offered]
+        if missing:
+            raise UnsupportedDistributionError(
+                f"{type(self.prior).__name__} as prior of {self.name!r} needs the "
+                f"variational parameters {tuple(required)}, but "
+                f"{type(self.variational_distribution).__name__} has "
+                f"{tuple(offered)}"
+            )
         name = self.module.variational_parameter_name
         return tuple(
             getattr(self.module, name(self.variable, parameter))
-            for parameter in self.prior._required_parameters
+            for parameter in required
         )
 
     def sample_with_log_probs(
@@ -108,9 +122,18 @@ class RandomVariable:
         return torch.stack((prior.sum(), variational.sum()))
 
     def prior_pyro_distribution(self) -> TorchDistribution:
-        """The prior as the Pyro distribution of this variable's sample site."""
+        """The prior as the Pyro distribution of this variable's sample site.
+
+        A hierarchical prior draws its hyper-sites here, before the variable's site.
+        """
         reference = self.variational_parameters()[0]
-        return self.prior.pyro_distribution(reference.shape, reference)
+        return self.prior.pyro_prior(
+            self.name, reference.shape, reference, self._hyperparameters()
+        )
+
+    def hyper_guide_distributions(self) -> dict[str, TorchDistribution]:
+        """The guide's distributions of the prior's hyper-sites, by site name."""
+        return self.prior.pyro_hyper_guide(self.name, self._hyperparameters())
 
     def variational_pyro_distribution(self) -> TorchDistribution:
         """The variational distribution as a Pyro distribution (the guide's site)."""

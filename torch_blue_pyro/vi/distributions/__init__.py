@@ -2,16 +2,25 @@
 
 from .base import Distribution, PredictiveDistribution, Prior, VariationalDistribution
 from .categorical import Categorical
+from .non_bayesian import NonBayesian, UniformPrior
 from .normal import MeanFieldNormal
+from .quiet import BasicQuietPrior
+from .student_t import MeanFieldStudentT
 
 Normal = MeanFieldNormal
+StudentT = MeanFieldStudentT
 
 __all__ = [
+    "BasicQuietPrior",
     "Categorical",
     "Distribution",
     "MeanFieldNormal",
+    "MeanFieldStudentT",
+    "NonBayesian",
     "Normal",
     "PredictiveDistribution",
     "Prior",
+    "StudentT",
+    "UniformPrior",
     "VariationalDistribution",
 ]

@@ -11,22 +11,39 @@ A distribution plays up to three roles, declared by subclassing:
 Besides torch_blue's methods, each role has a vectorized method the fast path uses
 (:meth:`Prior.log_prob_per_sample`,
 :meth:`VariationalDistribution.rsample_with_log_prob`)
-and a bridge to Pyro (``pyro_distribution``). Subclasses may override these with closed
-forms; the defaults are built from torch_blue's methods, so a user's torch_blue
-distribution works unchanged.
+and a bridge to Pyro (``pyro_distribution``; :meth:`Prior.pyro_prior` and
+:meth:`Prior.pyro_hyper_guide` for hierarchical priors). Subclasses may override these
+with closed forms; the defaults are built from torch_blue's methods, so a user's
+torch_blue distribution works unchanged.
+
+Both generations of torch_blue's user API work:
+
+* **torch_blue 1.1**: subclass the role interfaces and define ``log_prob(sample,
+  parameters)`` (and ``sample(parameters)`` for a variational distribution), with the
+  parameters as one tuple.
+* **torch_blue 0.9**: subclass :class:`Distribution`, declare the roles with the flags
+  ``is_prior``, ``is_variational_distribution`` and ``is_predictive_distribution``,
+  and define ``prior_log_prob(sample, *required)``, ``sample(*parameters)`` and
+  ``variational_log_prob(sample, *parameters)`` with unpacked parameters. The class
+  then subclasses the declared roles, and those methods accept the tuple style too. A
+  flag set to ``False`` removes a role the class would otherwise inherit.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from abc import abstractmethod, update_abstractmethods
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 from warnings import warn
 
 import torch
-from pyro.distributions import TorchDistribution
+from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 from torch.nn import init
+
+from ..utils.post_init_metaclass import PostInitCallMeta
 
 if TYPE_CHECKING:
     from ..base import VIModule
@@ -44,19 +61,141 @@ def _sum_per_sample(values: Tensor) -> Tensor:
     return values.reshape(values.shape[0], -1).sum(dim=1)
 
 
-class Distribution(ABC):
+def _sum_each_sample(score: Callable[[Tensor], Tensor], samples: Tensor) -> Tensor:
+    """Total log-probability of each of ``S`` stacked samples under ``score``.
+
+    ``score`` should be elementwise, which sums in one pass; a score that reduces
+    (torch_blue 0.9 allowed returning a total) is applied to each sample alone.
+    """
+    values = score(samples)
+    if values.shape == samples.shape:
+        return _sum_per_sample(values)
+    return torch.stack([score(sample).sum() for sample in samples])
+
+
+_ROLE_FLAGS = ("is_prior", "is_variational_distribution", "is_predictive_distribution")
+# The role interfaces by flag; filled in once they are defined, below.
+_ROLES: dict[str, type] = {}
+_OLD_STYLE = "_torch_blue_0_9_style"
+
+
+def _declared_flag(cls: type, flag: str) -> bool | None:
+    """The value of a role flag that ``cls`` declares as a plain bool (0.9 style)."""
+    for klass in cls.__mro__:
+        if flag in vars(klass):
+            value = vars(klass)[flag]
+            return value if isinstance(value, bool) else None
+    return None
+
+
+def _accepting_tuples(method: Any, leading: int) -> Callable[..., Any]:
+    """Let a 0.9-style method with unpacked parameters also take them as a tuple.
+
+    ``leading`` positional arguments (the sample) come before the parameters.
+    """
+    static = isinstance(method, staticmethod)
+    function = method.__func__ if static else method
+
+    @functools.wraps(function)
+    def adapted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        head, parameters = args[:leading], _as_parameter_tuple(args[leading:])
+        if static:
+            return function(*head, *parameters, **kwargs)
+        return function(self, *head, *parameters, **kwargs)
+
+    return adapted
+
+
+class _RoleMeta(PostInitCallMeta):
+    """Metaclass of the distributions: maps torch_blue 0.9's role flags to roles.
+
+    A class that declares ``is_prior = True`` (and so on) without subclassing the
+    role interfaces is a torch_blue 0.9 distribution: it gets the declared roles as
+    bases, its ``prior_log_prob``, ``sample`` and ``variational_log_prob`` accept
+    the parameters as a tuple as well as unpacked, and it may set
+    ``_default_variational_parameters`` in ``__init__``. Its subclasses inherit that.
+    """
+
+    def __new__(
+        mcs,
+        name: str,
+        bases: tuple[type, ...],
+        namespace: dict[str, Any],
+        **kwargs: Any,
+    ) -> _RoleMeta:
+        flags = {
+            flag: namespace[flag]
+            for flag in _ROLE_FLAGS
+            if isinstance(namespace.get(flag), bool)
+        }
+        roles = tuple(_ROLES.values())
+        old_style = any(getattr(base, _OLD_STYLE, False) for base in bases) or (
+            bool(flags and roles) and not any(issubclass(base, roles) for base in bases)
+        )
+        if old_style:
+            namespace[_OLD_STYLE] = True
+            for method, leading in (
+                ("prior_log_prob", 1),
+                ("variational_log_prob", 1),
+                ("sample", 0),
+            ):
+                if method in namespace:
+                    namespace[method] = _accepting_tuples(namespace[method], leading)
+            missing = tuple(
+                _ROLES[flag]
+                for flag, value in flags.items()
+                if value and not any(issubclass(base, _ROLES[flag]) for base in bases)
+            )
+            bases = (*missing, *bases)
+        cls = super().__new__(mcs, name, bases, namespace, **kwargs)
+        abstract: frozenset[str] = getattr(cls, "__abstractmethods__", frozenset())
+        if old_style and "_default_variational_parameters" in abstract:
+            # torch_blue 0.9 sets the defaults on the instance, in __init__.
+            cls._default_variational_parameters = None  # type: ignore[attr-defined]
+            update_abstractmethods(cls)  # type: ignore[arg-type]
+        return cls
+
+
+def _role_hook(cls: type, role: str, subclass: type) -> Any:
+    """``__subclasshook__`` of a role: a flag set to ``False`` removes the role."""
+    if cls is _ROLES.get(role) and _declared_flag(subclass, role) is False:
+        return False
+    return NotImplemented
+
+
+class Distribution(metaclass=_RoleMeta):
     """Base class of all torch_blue distributions.
 
-    Do not subclass this directly: subclass one or more of :class:`Prior`,
-    :class:`VariationalDistribution` and :class:`PredictiveDistribution`, which
-    declare the roles the distribution can play.
+    Subclass one or more of :class:`Prior`, :class:`VariationalDistribution` and
+    :class:`PredictiveDistribution`, which declare the roles the distribution can
+    play (or, in torch_blue 0.9's style, subclass this and set the role flags).
 
     ``distribution_parameters`` names the parameters that define the distribution;
     the first is the *primary* one, the closest to a deterministic weight (a mean).
     Parameters that live on the log scale start with ``log_``.
+
+    As in torch_blue, :meth:`__post_init__` runs after ``__init__``.
     """
 
     distribution_parameters: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        """Check the instance after ``__init__``: it must play at least one role.
+
+        Raises
+        ------
+        TypeError
+            If the class subclasses none of the role interfaces.
+        """
+        if not isinstance(
+            self, (Prior, VariationalDistribution, PredictiveDistribution)
+        ):
+            raise TypeError(
+                f"{type(self).__name__} plays no role: subclass Prior, "
+                "VariationalDistribution or PredictiveDistribution (or set torch_blue "
+                "0.9's is_prior, is_variational_distribution or "
+                "is_predictive_distribution to True)"
+            )
 
     @property
     def primary_parameter(self) -> str:
@@ -139,6 +278,10 @@ class Prior(Distribution):
     _required_parameters: tuple[str, ...] = ()
     _scaling_parameters: tuple[str, ...]
 
+    @classmethod
+    def __subclasshook__(cls, subclass: type) -> Any:
+        return _role_hook(cls, "is_prior", subclass)
+
     def get_parameters(self) -> tuple[Tensor, ...]:
         """The values of the prior's parameters, in ``distribution_parameters`` order.
 
@@ -149,9 +292,7 @@ class Prior(Distribution):
         """
         return tuple(getattr(self, name) for name in self.distribution_parameters)
 
-    def prior_log_prob(
-        self, sample: Tensor, hyperparameters: tuple[Tensor, ...] = ()
-    ) -> Tensor:
+    def prior_log_prob(self, sample: Tensor, *hyperparameters: Any) -> Tensor:
         """Elementwise log-probability of ``sample`` under the prior.
 
         Parameters
@@ -159,14 +300,17 @@ class Prior(Distribution):
         sample: Tensor
             Values to score.
         hyperparameters: tuple[Tensor, ...], default: ()
-            The values of ``_required_parameters`` for hierarchical priors.
+            The values of ``_required_parameters`` for hierarchical priors, as one
+            tuple (torch_blue 1.1) or unpacked (``prior_log_prob(sample, mean)``, as
+            torch_blue 0.9 and 1.1's layers call it).
 
         Returns
         -------
         Tensor
             Shaped like ``sample``.
         """
-        return self.log_prob(sample, (*self.get_parameters(), *hyperparameters))
+        extra = _as_parameter_tuple(hyperparameters)
+        return self.log_prob(sample, (*self.get_parameters(), *extra))
 
     def log_prob_per_sample(
         self, samples: Tensor, hyperparameters: tuple[Tensor, ...] = ()
@@ -185,7 +329,9 @@ class Prior(Distribution):
         Tensor
             ``(S,)``: the log-probability summed over each sample's elements.
         """
-        return _sum_per_sample(self.prior_log_prob(samples, hyperparameters))
+        return _sum_each_sample(
+            lambda values: self.prior_log_prob(values, hyperparameters), samples
+        )
 
     def kaiming_rescale(self, fan_in: int, eps: float = 1e-5) -> None:
         r"""Rescale the prior to the layer width (the ``rescale_prior`` option).
@@ -259,11 +405,86 @@ class Prior(Distribution):
         -------
         TorchDistribution
             A distribution with ``event_shape`` and empty batch shape.
+
+        Raises
+        ------
+        NotImplementedError
+            In this base class: :meth:`pyro_prior` then scores the site with
+            :meth:`prior_log_prob` instead.
         """
         raise NotImplementedError(
-            f"{type(self).__name__} has no Pyro form yet, so a model with this prior "
-            "cannot run under Pyro's inference machinery; override pyro_distribution"
+            f"{type(self).__name__} has no Pyro form of its own; override "
+            "pyro_distribution to give one"
         )
+
+    def pyro_prior(
+        self,
+        site: str,
+        event_shape: torch.Size,
+        reference: Tensor,
+        hyperparameters: tuple[Tensor, ...] = (),
+    ) -> TorchDistribution:
+        """The distribution of the variable's sample site, hyper-sites drawn first.
+
+        This is what the variable's :class:`~pyro.nn.PyroSample` site asks for, in
+        both modes (in torch_blue mode the draw itself comes from the variational
+        distribution). The default is :meth:`pyro_distribution`; for a prior that
+        does not override that (a user's torch_blue prior, say) it is a score-only
+        distribution whose log-density is :meth:`prior_log_prob`, so the model runs
+        in torch_blue mode and under Pyro with a guide, but cannot be sampled from
+        its prior. A hierarchical prior overrides this method: under
+        Pyro's inference machinery it draws its hyper-variables as sample sites of
+        their own, named after ``site``, and returns the variable's conditional
+        distribution given them; in torch_blue mode (no Pyro handler) it conditions
+        on ``hyperparameters``, the point estimates torch_blue uses, and draws
+        nothing.
+
+        Parameters
+        ----------
+        site: str
+            The variable's site name, e.g. ``"0.weight"``.
+        event_shape: torch.Size
+            The shape of the random variable.
+        reference: Tensor
+            Gives the device and dtype.
+        hyperparameters: tuple[Tensor, ...], default: ()
+            The layer's values of ``_required_parameters``.
+
+        Returns
+        -------
+        TorchDistribution
+            A distribution with ``event_shape``.
+        """
+        if type(self).pyro_distribution is Prior.pyro_distribution:
+            return _TorchBlueForm(
+                f"the prior {type(self).__name__}",
+                torch.Size(event_shape),
+                lambda value: self.prior_log_prob(value, hyperparameters),
+            )
+        return self.pyro_distribution(event_shape, reference)
+
+    def pyro_hyper_guide(
+        self, site: str, hyperparameters: tuple[Tensor, ...]
+    ) -> dict[str, TorchDistribution]:
+        """The guide's distributions of the hyper-sites :meth:`pyro_prior` draws.
+
+        The guide of a layer
+        (:meth:`~torch_blue_pyro.vi.VIModule.guide`) samples these before the
+        variable itself. The default, for priors without hyper-variables, is none.
+
+        Parameters
+        ----------
+        site: str
+            The variable's site name.
+        hyperparameters: tuple[Tensor, ...]
+            The layer's values of ``_required_parameters``.
+
+        Returns
+        -------
+        dict[str, TorchDistribution]
+            Guide distribution by hyper-site name, in sampling order.
+        """
+        return {}
 
 
 class VariationalDistribution(Distribution):
@@ -274,6 +495,10 @@ class VariationalDistribution(Distribution):
     from ``_default_variational_parameters``; the primary parameter is initialized like
     a deterministic layer's weight instead.
     """
+
+    @classmethod
+    def __subclasshook__(cls, subclass: type) -> Any:
+        return _role_hook(cls, "is_variational_distribution", subclass)
 
     @property
     @abstractmethod
@@ -295,9 +520,7 @@ class VariationalDistribution(Distribution):
             A differentiable sample.
         """
 
-    def variational_log_prob(
-        self, sample: Tensor, parameters: tuple[Tensor, ...]
-    ) -> Tensor:
+    def variational_log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
         """Elementwise log-probability of ``sample`` under the variational distribution.
 
         Parameters
@@ -305,14 +528,14 @@ class VariationalDistribution(Distribution):
         sample: Tensor
             Values to score.
         parameters: tuple[Tensor, ...]
-            One tensor per distribution parameter.
+            One tensor per distribution parameter (as one tuple, or unpacked).
 
         Returns
         -------
         Tensor
             Shaped like ``sample``.
         """
-        return self.log_prob(sample, parameters)
+        return self.log_prob(sample, _as_parameter_tuple(parameters))
 
     def rsample_with_log_prob(
         self, parameters: tuple[Tensor, ...], num_samples: int, with_log_prob: bool
@@ -337,7 +560,9 @@ class VariationalDistribution(Distribution):
         samples = self.sample(expanded)
         if not with_log_prob:
             return samples, None
-        return samples, _sum_per_sample(self.variational_log_prob(samples, parameters))
+        return samples, _sum_each_sample(
+            lambda values: self.variational_log_prob(values, parameters), samples
+        )
 
     def reset_variational_parameters(
         self,
@@ -367,11 +592,14 @@ class VariationalDistribution(Distribution):
         kaiming_scaling: bool, default: True
             Whether to scale the defaults with the fan-in.
         """
-        for name, default in zip(
-            self.distribution_parameters,
-            self._default_variational_parameters,
-            strict=True,
-        ):
+        defaults = self._default_variational_parameters
+        if defaults is None or len(defaults) != len(self.distribution_parameters):
+            raise ValueError(
+                f"{type(self).__name__} must give one default per distribution "
+                f"parameter {tuple(self.distribution_parameters)} in "
+                f"_default_variational_parameters, got {defaults!r}"
+            )
+        for name, default in zip(self.distribution_parameters, defaults, strict=True):
             parameter = getattr(
                 module, module.variational_parameter_name(variable, name)
             )
@@ -389,6 +617,11 @@ class VariationalDistribution(Distribution):
     def pyro_distribution(self, parameters: tuple[Tensor, ...]) -> TorchDistribution:
         """The variational distribution as a Pyro distribution (the guide's site).
 
+        The default draws with :meth:`sample` (reparameterized if that is) and
+        scores with :meth:`variational_log_prob`, so normalization constants follow
+        :func:`~torch_blue_pyro.vi.utils.use_norm_constants`; subclasses override it
+        with a Pyro distribution.
+
         Parameters
         ----------
         parameters: tuple[Tensor, ...]
@@ -397,12 +630,69 @@ class VariationalDistribution(Distribution):
         Returns
         -------
         TorchDistribution
-            A reparameterized distribution whose event shape is the variable's shape.
+            A distribution whose event shape is the variable's shape.
         """
-        raise NotImplementedError(
-            f"{type(self).__name__} has no Pyro form yet, so it cannot serve in a Pyro "
-            "guide; override pyro_distribution"
+        shape = parameters[0].shape
+
+        def draw(sample_shape: torch.Size) -> Tensor:
+            return self.sample(
+                tuple(p.expand(*sample_shape, *shape) for p in parameters)
+            )
+
+        return _TorchBlueForm(
+            f"the variational distribution {type(self).__name__}",
+            shape,
+            lambda value: self.variational_log_prob(value, parameters),
+            draw,
         )
+
+
+class _TorchBlueForm(TorchDistribution):
+    """A torch_blue distribution seen by Pyro: scored by its torch_blue log-density.
+
+    One event of ``event_shape``; ``draw`` (if given) samples it, otherwise sampling
+    raises. Used for distributions without a Pyro form of their own.
+    """
+
+    arg_constraints: ClassVar[dict[str, Any]] = {}
+    support = constraints.real
+
+    def __init__(
+        self,
+        what: str,
+        event_shape: torch.Size,
+        score: Callable[[Tensor], Tensor],
+        draw: Callable[[torch.Size], Tensor] | None = None,
+    ) -> None:
+        self._what, self._score, self._draw = what, score, draw
+        super().__init__(torch.Size(), event_shape, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        """Whether the distribution can draw (reparameterized if ``sample`` is)."""
+        return self._draw is not None
+
+    def rsample(self, sample_shape: Any = ()) -> Tensor:
+        """Draw with the torch_blue distribution's ``sample``."""
+        if self._draw is None:
+            raise NotImplementedError(
+                f"{self._what} has no Pyro form to draw from, only its log-density: "
+                "run the model with a guide that supplies the values, or override "
+                "pyro_distribution"
+            )
+        return self._draw(torch.Size(sample_shape))
+
+    def sample(self, sample_shape: Any = ()) -> Tensor:
+        """Draw without gradients."""
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """The torch_blue log-density of ``value``, summed over the event."""
+        event_dim = len(self.event_shape)
+        batch_shape = value.shape[: value.dim() - event_dim]
+        flat = value.reshape(-1, *self.event_shape)
+        return _sum_each_sample(self._score, flat).reshape(batch_shape)
 
 
 def _init_like_deterministic_weight(parameter: Tensor, fan_in: int) -> None:
@@ -420,6 +710,10 @@ class PredictiveDistribution(Distribution):
     estimated from ``S`` sampled outputs) and :meth:`~Distribution.log_prob` (the
     log-likelihood of a target given those parameters).
     """
+
+    @classmethod
+    def __subclasshook__(cls, subclass: type) -> Any:
+        return _role_hook(cls, "is_predictive_distribution", subclass)
 
     @abstractmethod
     def predictive_parameters_from_samples(self, samples: Tensor) -> Any:
@@ -470,3 +764,10 @@ class PredictiveDistribution(Distribution):
         """
         parameters = self.predictive_parameters_from_samples(samples)
         return self.log_prob_from_parameters(reference, parameters)
+
+
+_ROLES.update(
+    is_prior=Prior,
+    is_variational_distribution=VariationalDistribution,
+    is_predictive_distribution=PredictiveDistribution,
+)

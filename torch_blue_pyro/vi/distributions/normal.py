@@ -189,6 +189,9 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
     def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
         """Set the variable's ``mean`` and ``log_std`` to the prior's.
 
+        A variational distribution without one of them (``NonBayesian`` has only a
+        ``mean``, ``MeanFieldStudentT`` a ``log_scale``) keeps its other parameters.
+
         Parameters
         ----------
         module: VIModule
@@ -198,7 +201,9 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         """
         for name in self.distribution_parameters:
             parameter_name = module.variational_parameter_name(variable, name)
-            init.constant_(getattr(module, parameter_name), float(getattr(self, name)))
+            if hasattr(module, parameter_name):
+                value = float(getattr(self, name))
+                init.constant_(getattr(module, parameter_name), value)
 
     def pyro_distribution(self, *args: Any) -> TorchDistribution:
         """The Pyro form: as prior ``(event_shape, reference)``, as guide ``(params,)``.
