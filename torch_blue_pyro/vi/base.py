@@ -33,6 +33,7 @@ from ..poutine.runtime import in_pyro_inference, local_param
 from ..poutine.variational import VariationalMessenger
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
 from .random_variable import RandomVariable
+from .utils.checks import positive_int
 from .utils.errors import NoVariablesError, UnsupportedDistributionError
 from .utils.vi_return import VIReturn
 
@@ -495,7 +496,7 @@ class VIModule(PyroModule):
             num_samples = _sample_dim_of(tensors)
             expanded: tuple[Any, ...] = input_
         else:
-            num_samples = _validated_samples(samples)
+            num_samples = positive_int(samples, "samples")
             expanded = tuple(
                 None if x is None else x.expand(num_samples, *x.shape) for x in input_
             )
@@ -636,14 +637,6 @@ def _fan_in(shapes: Mapping[str, tuple[int, ...] | None]) -> int:
         "only one-dimensional variables found; assuming fan_in = 1", stacklevel=3
     )
     return 1
-
-
-def _validated_samples(samples: Any) -> int:
-    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral):
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
-    if samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples}")
-    return int(samples)
 
 
 def _sample_dim_of(tensors: list[Tensor]) -> int:

@@ -13,6 +13,7 @@ from .. import functional
 from ..functional import _pad_widths
 from .base import VIModule
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
+from .utils.checks import positive_int
 
 _PADDING_STRINGS = ("same", "valid")
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -67,9 +68,9 @@ class _VIConvNd(VIModule):
         dtype: torch.dtype | None,
     ) -> None:
         dims = self._dims
-        in_channels = _positive_int(in_channels, "in_channels")
-        out_channels = _positive_int(out_channels, "out_channels")
-        groups = _positive_int(groups, "groups")
+        in_channels = positive_int(in_channels, "in_channels")
+        out_channels = positive_int(out_channels, "out_channels")
+        groups = positive_int(groups, "groups")
         for argument, channels in (
             ("in_channels", in_channels),
             ("out_channels", out_channels),
@@ -205,12 +206,6 @@ class _VIConvNd(VIModule):
         if self.padding_mode != "zeros":
             text += f", padding_mode={self.padding_mode}"
         return text
-
-
-def _positive_int(value: Any, argument: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{argument} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _size_tuple(value: Any, dims: int, argument: str, minimum: int) -> tuple[int, ...]:

@@ -11,35 +11,9 @@ from torch import Tensor
 from torch.nn import Module
 
 from .distributions import PredictiveDistribution
+from .utils.checks import positive_int
 from .utils.errors import UnsupportedDistributionError
 from .utils.vi_return import VIReturn
-
-
-def validated_dataset_size(dataset_size: object, argument: str = "dataset_size") -> int:
-    """Check that a dataset size is a positive int and return it.
-
-    Parameters
-    ----------
-    dataset_size: object
-        The value to check.
-    argument: str, default: "dataset_size"
-        The argument's name, for the error message.
-
-    Returns
-    -------
-    int
-        ``dataset_size`` as an int.
-
-    Raises
-    ------
-    ValueError
-        If it is not a positive int.
-    """
-    if isinstance(dataset_size, bool) or not isinstance(dataset_size, numbers.Integral):
-        raise ValueError(f"{argument} must be a positive int, got {dataset_size!r}")
-    if dataset_size <= 0:
-        raise ValueError(f"{argument} must be a positive int, got {dataset_size}")
-    return int(dataset_size)
 
 
 class _SampledOutputLoss(Module):
@@ -71,7 +45,7 @@ class _SampledOutputLoss(Module):
             raise ValueError(f"heat must be a finite number >= 0, got {heat!r}")
         self.predictive_distribution: PredictiveDistribution = predictive_distribution
         self.dataset_size: int | None = (
-            None if dataset_size is None else validated_dataset_size(dataset_size)
+            None if dataset_size is None else positive_int(dataset_size, "dataset_size")
         )
         self.heat: float = float(heat)
         self._track: bool = False
@@ -100,7 +74,7 @@ class _SampledOutputLoss(Module):
     ) -> Tensor:
         """The data term from ``(S, B, *)`` sampled outputs, warning without a size."""
         if dataset_size is not None:
-            n_data = validated_dataset_size(dataset_size)
+            n_data = positive_int(dataset_size, "dataset_size")
         elif self.dataset_size is not None:
             n_data = self.dataset_size
         else:

@@ -11,6 +11,7 @@ from torch import Tensor
 from .. import functional
 from .base import VIModule
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
+from .utils.checks import positive_int
 
 
 class VILinear(VIModule):
@@ -77,12 +78,8 @@ class VILinear(VIModule):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        for argument, value in (
-            ("in_features", in_features),
-            ("out_features", out_features),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{argument} must be a positive int, got {value!r}")
+        in_features = positive_int(in_features, "in_features")
+        out_features = positive_int(out_features, "out_features")
         super().__init__(
             variable_shapes={
                 "weight": (out_features, in_features),

@@ -22,7 +22,6 @@ torch's ``(N * num_heads, L, L_k)`` mask.
 from __future__ import annotations
 
 import copy
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -35,6 +34,7 @@ from .. import functional
 from .base import _CALL, VIModule
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
 from .linear import VILinear
+from .utils.checks import positive_int
 
 Activation = str | Callable[[Tensor], Tensor]
 
@@ -61,12 +61,6 @@ def _num_samples() -> int | None:
     """
     sampler = _CALL.sampler
     return None if sampler is None else sampler.num_samples
-
-
-def _positive_int(value: Any, argument: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{argument} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _is_same_tensor(a: Tensor, b: Tensor) -> bool:
@@ -295,15 +289,15 @@ class VIMultiheadAttention(VIModule):
         *,
         dropout: float = 0.0,
     ) -> None:
-        embed_dim = _positive_int(embed_dim, "embed_dim")
-        num_heads = _positive_int(num_heads, "num_heads")
+        embed_dim = positive_int(embed_dim, "embed_dim")
+        num_heads = positive_int(num_heads, "num_heads")
         if embed_dim % num_heads:
             raise AssertionError(
                 "embed_dim must be divisible by num_heads, got "
                 f"embed_dim={embed_dim} and num_heads={num_heads}"
             )
-        kdim = embed_dim if kdim is None else _positive_int(kdim, "kdim")
-        vdim = embed_dim if vdim is None else _positive_int(vdim, "vdim")
+        kdim = embed_dim if kdim is None else positive_int(kdim, "kdim")
+        vdim = embed_dim if vdim is None else positive_int(vdim, "vdim")
         packed = kdim == embed_dim and vdim == embed_dim
         shapes: dict[str, tuple[int, ...] | None] = dict.fromkeys(_ATTENTION_VARIABLES)
         if packed:
@@ -766,7 +760,7 @@ class VITransformerEncoderLayer(VIModule):
             device,
             dtype,
         )
-        dim_feedforward = _positive_int(dim_feedforward, "dim_feedforward")
+        dim_feedforward = positive_int(dim_feedforward, "dim_feedforward")
         self.self_attn = VIMultiheadAttention(
             d_model,
             nhead,
@@ -972,7 +966,7 @@ class VITransformerDecoderLayer(VIModule):
             device,
             dtype,
         )
-        dim_feedforward = _positive_int(dim_feedforward, "dim_feedforward")
+        dim_feedforward = positive_int(dim_feedforward, "dim_feedforward")
         self.self_attn = VIMultiheadAttention(
             d_model,
             nhead,
@@ -1129,7 +1123,7 @@ class VITransformerDecoderLayer(VIModule):
 
 
 def _clones(layer: Module, num_layers: int) -> ModuleList:
-    num_layers = _positive_int(num_layers, "num_layers")
+    num_layers = positive_int(num_layers, "num_layers")
     return ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
 
 
