@@ -50,6 +50,23 @@ class _CallState(threading.local):
 _CALL = _CallState()
 
 
+def current_num_samples() -> int | None:
+    """``S`` while tensors carry torch_blue's leading sample dimension, else ``None``.
+
+    During a torch_blue-mode call of the outermost module, the inputs and weights
+    that a module with ``handles_sample_dim = True`` sees have a leading dimension of
+    this size. It is ``None`` outside such a call, in Pyro mode, and inside the
+    per-sample (vmap) forward of a module written for one sample.
+
+    Returns
+    -------
+    int or None
+        The number of weight samples being evaluated.
+    """
+    sampler = _CALL.sampler
+    return None if sampler is None else sampler.num_samples
+
+
 class _PriorOf:
     """The prior of one random variable, as a :class:`~pyro.nn.PyroSample` callable."""
 

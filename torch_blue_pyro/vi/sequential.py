@@ -5,10 +5,41 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, ClassVar
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 from torch.nn import Module, Sequential
 
-from .base import VIModule
+from .base import VIModule, current_num_samples
+
+# Plain modules that act elementwise or on the trailing dimensions only: the leading
+# sample dimension passes through them unchanged.
+_SAMPLE_DIM_TRANSPARENT: frozenset[type[Module]] = frozenset(
+    getattr(nn, name)
+    for name in (
+        "Identity ReLU ReLU6 LeakyReLU ELU CELU SELU GELU SiLU Mish Sigmoid Tanh "
+        "Softplus Softsign Hardtanh Hardsigmoid Hardswish Hardshrink Softshrink "
+        "Tanhshrink LogSigmoid Threshold Dropout AlphaDropout LayerNorm RMSNorm Linear"
+    ).split()
+    if hasattr(nn, name)
+)
+
+
+def _call_child(module: Module, input_: Any) -> Any:
+    """Call a child; a plain module sees one sample's tensor, as in torch_blue.
+
+    In torch_blue mode the input carries the leading sample dimension. A plain
+    ``nn.Module`` that does not act elementwise (``nn.Flatten``, pooling, convolution)
+    would misread it as a batch dimension, so it runs per sample under
+    :func:`torch.vmap`.
+    """
+    if (
+        isinstance(module, VIModule)
+        or type(module) in _SAMPLE_DIM_TRANSPARENT
+        or current_num_samples() is None
+        or not isinstance(input_, Tensor)
+    ):
+        return module(input_)
+    return torch.vmap(module, randomness="different")(input_)
 
 
 class VISequential(VIModule, Sequential):
@@ -17,8 +48,11 @@ class VISequential(VIModule, Sequential):
     Built like ``nn.Sequential``, from modules or an ``OrderedDict``; children are
     named ``"0"``, ``"1"``, ... (or by the dict's keys), and so are their sites
     (``"0.weight"``). As the outermost module it adds torch_blue's autosampling.
-    Plain modules inside receive tensors with the leading sample dimension, which
-    elementwise layers (``nn.ReLU``, ``nn.Dropout``) handle as they are.
+    In torch_blue mode a plain module inside sees what it would see in torch_blue:
+    one sample's tensor, without the leading sample dimension. Elementwise layers
+    (``nn.ReLU``, ``nn.Dropout``, ``nn.LayerNorm``, ...) get the stacked tensor at
+    once; others (``nn.Flatten``, pooling, ``nn.Conv2d``) run per sample under
+    :func:`torch.vmap`.
 
     Parameters
     ----------
@@ -67,7 +101,7 @@ class VISequential(VIModule, Sequential):
             Output of the last module.
         """
         for module in self:
-            input_ = module(input_)
+            input_ = _call_child(module, input_)
         return input_
 
 

@@ -31,7 +31,7 @@ from torch.nn import Dropout, LayerNorm, Module, ModuleList, ReLU
 from torch.nn import functional as F
 
 from .. import functional
-from .base import _CALL, VIModule
+from .base import VIModule, current_num_samples
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
 from .linear import VILinear
 from .utils.checks import positive_int
@@ -51,16 +51,6 @@ _ATTENTION_VARIABLES = (
     "bias_k",
     "bias_v",
 )
-
-
-def _num_samples() -> int | None:
-    """``S`` while a torch_blue-mode forward on stacked samples runs, else ``None``.
-
-    ``None`` in Pyro mode and inside a per-sample (vmap) call: inputs and weights then
-    have no sample dimension.
-    """
-    sampler = _CALL.sampler
-    return None if sampler is None else sampler.num_samples
 
 
 def _is_same_tensor(a: Tensor, b: Tensor) -> bool:
@@ -396,7 +386,7 @@ class VIMultiheadAttention(VIModule):
         RuntimeError
             If ``is_causal`` is given without ``attn_mask`` (as ``torch.nn``).
         """
-        num_samples = _num_samples()
+        num_samples = current_num_samples()
         lead = 0 if num_samples is None else 1
         batched = self._check_inputs(query, key, value, lead)
         batch_dim = lead + (0 if self.batch_first else 1)
@@ -634,7 +624,7 @@ def _check_width(module: str, argument: str, tensor: Tensor, d_model: int) -> No
 
 def _user_shape(tensor: Tensor) -> tuple[int, ...]:
     """The shape as the user passed it: without the sample dimension."""
-    return tuple(tensor.shape[0 if _num_samples() is None else 1 :])
+    return tuple(tensor.shape[0 if current_num_samples() is None else 1 :])
 
 
 def _dropout(module: Dropout, x: Tensor) -> Tensor:
@@ -643,7 +633,7 @@ def _dropout(module: Dropout, x: Tensor) -> Tensor:
 
 def _sequence_length(x: Tensor, batch_first: bool) -> tuple[int, int | None]:
     """The sequence length and batch size (``None`` unbatched) of a layer input."""
-    lead = 0 if _num_samples() is None else 1
+    lead = 0 if current_num_samples() is None else 1
     if x.dim() - lead == 2:
         return x.shape[lead], None
     if batch_first:
@@ -1146,7 +1136,7 @@ def _causal_hint(
     batch_first, heads = _first_attention(layers)
     seq_len, batch = _sequence_length(src, batch_first)
     mask, per_sample = _split_sample_dim(
-        mask, _num_samples(), (2, 3), (batch or 1) * heads
+        mask, current_num_samples(), (2, 3), (batch or 1) * heads
     )
     if per_sample:
         return mask, bool(is_causal)
