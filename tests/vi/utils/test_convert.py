@@ -149,3 +149,50 @@ def test_ban_modes() -> None:
         ban_convert(nn.Linear, ban_mode="replace", unban=True)
     with pytest.raises(ValueError, match="ban_mode must be one of"):
         ban_convert(Block, ban_mode="never")
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.conv2(torch.relu(self.norm(self.conv1(x)))))
+
+
+def test_small_resnet_keeps_its_predictions() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        ResidualBlock(4),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+    x = torch.randn(5, 1, 8, 8)
+    expected = net(x)
+    vi.convert_to_vimodule(net, keep_weights=True, variational_distribution=POINT_MASS)
+    assert isinstance(net[0], vi.VIConv2d) and isinstance(net[1].conv1, vi.VIConv2d)
+    assert type(net[1].norm) is nn.BatchNorm2d
+    out = net(x, samples=2)
+    for s in range(2):
+        torch.testing.assert_close(out[s].as_tensor(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_attention_and_transformer_encoder_keep_their_predictions() -> None:
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    x = torch.randn(3, 7, 16)
+    expected = encoder(x)
+    vi.convert_to_vimodule(
+        encoder, keep_weights=True, variational_distribution=POINT_MASS
+    )
+    attention = encoder.layers[0].self_attn
+    assert isinstance(encoder, vi.VITransformerEncoder)
+    assert isinstance(attention, vi.VIMultiheadAttention)
+    assert type(attention.out_proj) is vi.VILinear
+    out = encoder(x, samples=2)
+    for s in range(2):
+        torch.testing.assert_close(out[s].as_tensor(), expected, rtol=1e-5, atol=1e-5)

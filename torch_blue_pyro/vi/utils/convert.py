@@ -194,15 +194,8 @@ def convert_to_vimodule(
 
 def _bayesian_class(cls: type[nn.Module]) -> type[VIModule]:
     """The Bayesian class a module of class ``cls`` becomes."""
-    from torch_blue_pyro import vi  # imported here: vi imports this module
-
-    builtin = getattr(vi, "VI" + cls.__name__, None)
-    if (
-        cls not in _banned["replace"]
-        and getattr(nn, cls.__name__, None) is cls
-        and isinstance(builtin, type)
-        and issubclass(builtin, VIModule)
-    ):
+    builtin = _builtin_counterpart(cls)
+    if builtin is not None and cls not in _banned["replace"]:
         return builtin
     if cls in _generated_classes and cls not in _banned["reuse"]:
         return _generated_classes[cls]
@@ -215,3 +208,26 @@ def _bayesian_class(cls: type[nn.Module]) -> type[VIModule]:
     globals().setdefault(generated.__name__, generated)
     _generated_classes.setdefault(cls, generated)
     return generated
+
+
+def _builtin_counterpart(cls: type[nn.Module]) -> type[VIModule] | None:
+    """The layer of this library for a ``torch.nn`` class, if there is one.
+
+    A class of ``torch.nn`` itself maps by name (``nn.Linear`` -> ``VILinear``), and
+    so does a torch-internal subclass that keeps its parent's ``forward`` (the
+    attention's ``NonDynamicallyQuantizableLinear``). User classes never do.
+    """
+    from torch_blue_pyro import vi  # imported here: vi imports this module
+
+    if not cls.__module__.startswith("torch."):
+        return None
+    for base in cls.__mro__:
+        if getattr(nn, base.__name__, None) is not base:
+            continue
+        if base is not cls and cls.forward is not base.forward:
+            return None
+        builtin = getattr(vi, "VI" + base.__name__, None)
+        if isinstance(builtin, type) and issubclass(builtin, VIModule):
+            return builtin
+        return None
+    return None
