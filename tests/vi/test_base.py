@@ -313,3 +313,28 @@ def test_ordered_dict_names_the_sites() -> None:
         "out.weight",
         "out.bias",
     }
+
+
+def test_vikwargs_types_a_custom_modules_keywords() -> None:
+    from typing import Unpack, get_type_hints
+
+    class Scale(vi.VIModule):
+        def __init__(self, width: int, **vikwargs: Unpack[vi.VIkwargs]) -> None:
+            super().__init__(variable_shapes={"scale": (width, 1)}, **vikwargs)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.scale.squeeze(-1)
+
+    module = Scale(3, return_log_probs=False, dtype=torch.float64)
+    assert module.return_log_probs is False
+    assert module._scale_mean.dtype == torch.float64
+    assert set(get_type_hints(vi.VIkwargs)) == {
+        "variational_distribution",
+        "prior",
+        "rescale_prior",
+        "kaiming_initialization",
+        "prior_initialization",
+        "return_log_probs",
+        "device",
+        "dtype",
+    }

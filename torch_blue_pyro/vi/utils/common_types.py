@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypedDict
+from typing import TypedDict
 
 import torch
 
-if TYPE_CHECKING:
-    from ..distributions import Prior, VariationalDistribution
+from ..distributions import Prior, VariationalDistribution
 
 
 class VIkwargs(TypedDict, total=False):
