@@ -9,12 +9,23 @@ Pyro mode, so they work in both.
 
 from __future__ import annotations
 
+import math
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyro.distributions import constraints
+from pyro.infer.predictive import _predictive_vectorize_plate_name
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.plate_messenger import PlateMessenger
 from pyro.poutine.runtime import _PYRO_STACK, effectful
 from torch import Tensor
+
+#: Names of the plates that stack particles rather than data: those of
+#: ``Trace_ELBO(vectorize_particles=True)`` and of ``Predictive(..., parallel=True)``.
+PARTICLE_PLATES: frozenset[str] = frozenset(
+    {"num_particles_vectorized", _predictive_vectorize_plate_name}
+)
 
 
 class TransparentMessenger(Messenger):
@@ -63,3 +74,37 @@ def local_param(name: str, value: Tensor) -> Tensor:
     return _param_effect(
         name, value, constraint=constraints.real, event_dim=None, name=name
     )
+
+
+@contextmanager
+def weight_scope() -> Iterator[int | None]:
+    """Draw sample sites as global sites: outside every data plate, inside particles.
+
+    A network's weights are shared by all data points, but a user may call the network
+    inside ``pyro.plate("data", ...)``. Within this context the enclosing plates are
+    hidden from sample sites, except the particle plates (:data:`PARTICLE_PLATES`),
+    which still batch the draws. The stack is restored exactly on exit.
+
+    Yields
+    ------
+    int or None
+        The number of particles (the product of the particle plates' sizes), or
+        ``None`` when no particle plate is active.
+    """
+    hidden = [
+        (index, frame)
+        for index, frame in enumerate(_PYRO_STACK)
+        if isinstance(frame, PlateMessenger) and frame.name not in PARTICLE_PLATES
+    ]
+    particles = [
+        frame.size
+        for frame in _PYRO_STACK
+        if isinstance(frame, PlateMessenger) and frame.name in PARTICLE_PLATES
+    ]
+    for index, _ in reversed(hidden):
+        del _PYRO_STACK[index]
+    try:
+        yield math.prod(particles) if particles else None
+    finally:
+        for index, frame in hidden:
+            _PYRO_STACK.insert(index, frame)

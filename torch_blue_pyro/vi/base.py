@@ -29,9 +29,14 @@ from torch import Tensor, nn
 from torch.nn import Parameter, init
 
 from ..guides import sample_from_variational
-from ..poutine.runtime import in_pyro_inference, local_param
+from ..poutine.runtime import in_pyro_inference, local_param, weight_scope
 from ..poutine.variational import VariationalMessenger
-from .distributions import MeanFieldNormal, Prior, VariationalDistribution
+from .distributions import (
+    MeanFieldNormal,
+    Prior,
+    PyroPrior,
+    VariationalDistribution,
+)
 from .random_variable import RandomVariable
 from .utils.checks import positive_int
 from .utils.errors import NoVariablesError, UnsupportedDistributionError
@@ -44,7 +49,7 @@ class _CallState(threading.local):
     """Per-thread state of the outermost VIModule call in progress."""
 
     depth: int = 0
-    sampler: VariationalMessenger | None = None
+    num_samples: int | None = None
 
 
 _CALL = _CallState()
@@ -63,8 +68,7 @@ def current_num_samples() -> int | None:
     int or None
         The number of weight samples being evaluated.
     """
-    sampler = _CALL.sampler
-    return None if sampler is None else sampler.num_samples
+    return _CALL.num_samples
 
 
 class _PriorOf:
@@ -113,7 +117,9 @@ class VIModule(PyroModule):
     variational_distribution: VariationalDistribution or list, default MeanFieldNormal()
         One distribution for all variables, or one per variable in order.
     prior: Prior or list, default: MeanFieldNormal()
-        One prior for all variables, or one per variable in order.
+        One prior for all variables, or one per variable in order. A
+        ``pyro.distributions`` distribution is accepted too (an elementwise prior,
+        see :class:`~torch_blue_pyro.vi.distributions.PyroPrior`).
     rescale_prior: bool, default: False
         Scale the priors with the layer width (see
         :meth:`~torch_blue_pyro.vi.distributions.Prior.kaiming_rescale`).
@@ -173,7 +179,9 @@ class VIModule(PyroModule):
             "variational_distribution",
             "a variational distribution",
         )
-        priors = _one_per_variable(prior, names, Prior, "prior", "a prior")
+        priors = _one_per_variable(
+            _wrap_pyro_priors(prior), names, Prior, "prior", "a prior"
+        )
         self.__dict__["_variable_shapes"] = shapes
         self.variational_distribution: dict[str, VariationalDistribution | None] = {
             name: dist if shapes[name] is not None else None
@@ -441,9 +449,9 @@ class VIModule(PyroModule):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the module: autosampling when outermost in torch_blue mode, see class."""
         if _CALL.depth:
-            sampler = _CALL.sampler
-            if sampler is not None and not self.handles_sample_dim:
-                return self._call_per_sample(sampler, args, kwargs)
+            num_samples = _CALL.num_samples
+            if num_samples is not None and not self.handles_sample_dim:
+                return self._call_per_sample(num_samples, args, kwargs)
             return super().__call__(*args, **kwargs)
         _CALL.depth += 1
         try:
@@ -456,8 +464,7 @@ class VIModule(PyroModule):
                             "draws use the ELBO's num_particles or Predictive's "
                             "num_samples)"
                         )
-                self._announce_deterministic_parameters(self._bind_submodules())
-                return super().__call__(*args, **kwargs)
+                return self._pyro_forward(args, kwargs)
             return self.sampled_forward(*args, **kwargs)
         finally:
             _CALL.depth -= 1
@@ -520,15 +527,8 @@ class VIModule(PyroModule):
         sampler = VariationalMessenger(
             num_samples, self._bind_submodules(), self._return_log_probs
         )
-        _CALL.sampler = sampler
-        try:
-            with sampler:
-                if self.handles_sample_dim:
-                    output = super().__call__(*expanded, **kwargs)
-                else:
-                    output = self._call_per_sample(sampler, expanded, kwargs)
-        finally:
-            _CALL.sampler = None
+        with sampler:
+            output = self._stacked_forward(num_samples, expanded, kwargs)
         log_probs = None
         if self._return_log_probs:
             reference: Tensor = next(
@@ -537,9 +537,54 @@ class VIModule(PyroModule):
             log_probs = sampler.log_probs(reference)
         return _attach_log_probs(output, log_probs)
 
+    def _pyro_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The outermost call in Pyro mode: a plain Pyro model.
+
+        Every weight site is drawn first, outside any data plate that encloses the
+        call (weights are global; see
+        :func:`~torch_blue_pyro.poutine.runtime.weight_scope`). Under vectorized
+        particles (``Trace_ELBO(vectorize_particles=True)``, ``Predictive(...,
+        parallel=True)``) the ``K`` particles' weights become one leading sample
+        dimension, the forward pass runs once on them as in torch_blue mode, and the
+        output leads with the particle dimension.
+        """
+        sites = self._bind_submodules()
+        self._announce_deterministic_parameters(sites)
+        context = self.__dict__["_pyro_context"]
+        with context:
+            with weight_scope() as num_particles:
+                draws = {
+                    name: getattr(site.module, site.variable)
+                    for name, site in sites.items()
+                }
+            if num_particles is None:
+                return super().__call__(*args, **kwargs)
+            for name, value in draws.items():
+                shape = sites[name].shape
+                context.cache[name] = value.reshape(-1, *shape).expand(
+                    num_particles, *shape
+                )
+            expanded = tuple(
+                x.expand(num_particles, *x.shape) if isinstance(x, Tensor) else x
+                for x in args
+            )
+            return self._stacked_forward(num_particles, expanded, kwargs)
+
+    def _stacked_forward(
+        self, num_samples: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run ``forward`` on inputs and weights leading with ``S`` stacked samples."""
+        _CALL.num_samples = num_samples
+        try:
+            if self.handles_sample_dim:
+                return PyroModule.__call__(self, *args, **kwargs)
+            return self._call_per_sample(num_samples, args, kwargs)
+        finally:
+            _CALL.num_samples = None
+
     def _call_per_sample(
         self,
-        sampler: VariationalMessenger,
+        num_samples: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
@@ -551,7 +596,6 @@ class VIModule(PyroModule):
         Tensor arguments whose first dimension is ``S`` are split along it; others are
         shared by all samples.
         """
-        num_samples = sampler.num_samples
         context = self.__dict__["_pyro_context"]
         with context:
             draws = {
@@ -562,11 +606,11 @@ class VIModule(PyroModule):
             def forward_one_sample(weights: dict[str, Tensor], *inputs: Any) -> Any:
                 saved = {name: context.cache.get(name) for name in weights}
                 context.cache.update(weights)
-                _CALL.sampler = None
+                _CALL.num_samples = None
                 try:
                     return PyroModule.__call__(self, *inputs, **kwargs)
                 finally:
-                    _CALL.sampler = sampler
+                    _CALL.num_samples = num_samples
                     context.cache.update(saved)
 
             in_dims = tuple(
@@ -637,6 +681,15 @@ def _one_per_variable(
                 f"{type(dist).__name__} cannot be used as {role_text} ({argument})"
             )
     return [copy.deepcopy(dist) for dist in dists]
+
+
+def _wrap_pyro_priors(prior: Any) -> Any:
+    """Wrap Pyro/torch distributions given as priors in :class:`PyroPrior`."""
+    if isinstance(prior, torch.distributions.Distribution):
+        return PyroPrior(prior)
+    if isinstance(prior, (list, tuple)):
+        return [_wrap_pyro_priors(each) for each in prior]
+    return prior
 
 
 def _fan_in(shapes: Mapping[str, tuple[int, ...] | None]) -> int:

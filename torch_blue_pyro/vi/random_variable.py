@@ -42,6 +42,13 @@ class RandomVariable:
         self.name = _make_name(module.__dict__["_pyro_name"], variable)
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        """The variable's shape (the event shape of its site)."""
+        shape = self.module.__dict__["_variable_shapes"][self.variable]
+        assert shape is not None, "variables of shape None have no site"
+        return shape
+
+    @property
     def prior(self) -> Prior:
         """The variable's prior."""
         return self.module.prior[self.variable]  # type: ignore[return-value]

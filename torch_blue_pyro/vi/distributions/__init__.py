@@ -2,8 +2,10 @@
 
 from .base import Distribution, PredictiveDistribution, Prior, VariationalDistribution
 from .categorical import Categorical
+from .heteroscedastic import HeteroscedasticNormal
 from .non_bayesian import NonBayesian, UniformPrior
 from .normal import MeanFieldNormal
+from .pyro_prior import PyroPrior
 from .quiet import BasicQuietPrior
 from .student_t import MeanFieldStudentT
 
@@ -14,11 +16,13 @@ __all__ = [
     "BasicQuietPrior",
     "Categorical",
     "Distribution",
+    "HeteroscedasticNormal",
     "MeanFieldNormal",
     "MeanFieldStudentT",
     "NonBayesian",
     "Normal",
     "PredictiveDistribution",
+    "PyroPrior",
     "Prior",
     "StudentT",
     "UniformPrior",

@@ -1,0 +1,274 @@
+"""Pyro's workflows on the layers: plates, vectorized particles, autoguides, priors."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import (
+    AutoDiagonalNormal,
+    AutoIAFNormal,
+    AutoLowRankMultivariateNormal,
+    AutoNormal,
+)
+from torch import nn
+
+from torch_blue_pyro import vi
+from torch_blue_pyro.vi.distributions import MeanFieldNormal, PyroPrior
+
+
+def mlp() -> vi.VISequential:
+    return vi.VISequential(vi.VILinear(4, 8), nn.ReLU(), vi.VILinear(8, 3))
+
+
+def cnn() -> vi.VISequential:
+    return vi.VISequential(
+        vi.VIConv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), vi.VILinear(48, 3)
+    )
+
+
+class Encoder(vi.VIModule):
+    handles_sample_dim = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = vi.VITransformerEncoder(
+            vi.VITransformerEncoderLayer(8, 2, 16, batch_first=True), 1
+        )
+        self.head = vi.VILinear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).mean(-2))
+
+
+NETWORKS = {
+    "mlp": (mlp, (4,)),
+    "cnn": (cnn, (1, 4, 4)),
+    "transformer": (Encoder, (5, 8)),
+}
+
+
+def classifier(net: vi.VIModule, size: int, subsample: int | None = None):
+    """A Pyro model that calls the network inside a (subsampled) data plate."""
+
+    def model(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        with pyro.plate("data", size, subsample_size=subsample) as index:
+            logits = pyro.deterministic("logits", net(x[index]))
+            labels = None if y is None else y[index]
+            pyro.sample("obs", dist.Categorical(logits=logits), obs=labels)
+
+    return model
+
+
+def point_mass(net: vi.VIModule) -> vi.VIModule:
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if name.endswith("log_std"):
+                parameter.fill_(-30.0)
+    return net
+
+
+def test_weights_stay_global_inside_a_subsampled_data_plate() -> None:
+    net = mlp()
+    x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    trace = poutine.trace(classifier(net, 40, subsample=10)).get_trace(x, y)
+    weight = trace.nodes["0.weight"]
+    assert weight["value"].shape == (8, 4)
+    assert weight["cond_indep_stack"] == ()
+    assert weight["scale"] == 1.0, "weights must not be scaled by N / batch"
+    assert trace.nodes["obs"]["scale"] == 4.0
+    assert trace.nodes["logits"]["value"].shape == (10, 3)
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_vectorized_particles_equal_sequential_ones(name: str) -> None:
+    build, shape = NETWORKS[name]
+    net = point_mass(build()).eval()
+    x, y = torch.randn(6, *shape), torch.randint(0, 3, (6,))
+    model = classifier(net, 6)
+    sequential = Trace_ELBO(num_particles=4).loss(model, net.guide, x, y)
+    vectorized = Trace_ELBO(num_particles=4, vectorize_particles=True).loss(
+        model, net.guide, x, y
+    )
+    assert math.isclose(sequential, vectorized, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_vectorized_particles_draw_independent_weights(name: str) -> None:
+    build, shape = NETWORKS[name]
+    net = build().eval()
+    x = torch.randn(6, *shape)
+    predictive = Predictive(
+        classifier(net, 6), guide=net.guide, num_samples=5, parallel=True
+    )
+    logits = predictive(x)["logits"]
+    assert logits.shape == (5, 6, 3)
+    assert not torch.allclose(logits[0], logits[1])
+    sequential = Predictive(classifier(net, 6), guide=net.guide, num_samples=5)(x)
+    assert sequential["logits"].shape == logits.shape
+
+
+def test_vectorized_elbo_trains_as_well_as_sequential() -> None:
+    x = torch.randn(120, 4)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    results = []
+    for vectorize in (False, True):
+        torch.manual_seed(0)
+        net = mlp()
+        elbo = Trace_ELBO(num_particles=4, vectorize_particles=vectorize)
+        svi = SVI(classifier(net, 120), net.guide, pyro.optim.Adam({"lr": 0.03}), elbo)
+        for _ in range(150):
+            svi.step(x, y)
+        net.return_log_probs = False
+        with torch.no_grad():
+            probs = torch.softmax(net(x, samples=20), -1).mean(0)
+        results.append((probs.argmax(-1) == y).float().mean().item())
+    # The majority class holds half the points.
+    assert min(results) > 0.7, results
+    assert abs(results[0] - results[1]) < 0.1, results
+
+
+def test_mean_field_elbo_uses_the_closed_form_kl() -> None:
+    net = mlp()
+    guide_site = poutine.trace(net.guide).get_trace().nodes["0.weight"]["fn"]
+    prior_site = poutine.trace(net).get_trace(torch.randn(2, 4)).nodes["0.weight"]["fn"]
+    kl = torch.distributions.kl_divergence(guide_site, prior_site)
+    mean, log_std = net[0].get_variational_parameters("weight")
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, log_std.exp()),
+        torch.distributions.Normal(0.0, 1.0),
+    ).sum()
+    torch.testing.assert_close(kl, expected)
+    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    losses = [
+        TraceMeanField_ELBO().loss(classifier(net, 30), net.guide, x, y)
+        for _ in range(30)
+    ]
+    monte_carlo = [
+        Trace_ELBO().loss(classifier(net, 30), net.guide, x, y) for _ in range(30)
+    ]
+    assert torch.tensor(losses).std() < torch.tensor(monte_carlo).std()
+
+
+def digits(hidden: int) -> tuple:
+    """Digits, and a network small enough for every autoguide."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    data = datasets.load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    net = vi.VISequential(vi.VILinear(64, hidden), nn.Tanh(), vi.VILinear(hidden, 10))
+    return net, x[:1200], y[:1200], x[1200:], y[1200:]
+
+
+@pytest.mark.parametrize(
+    "autoguide", [AutoNormal, AutoDiagonalNormal, AutoLowRankMultivariateNormal]
+)
+def test_autoguides_learn_digits(autoguide) -> None:
+    net, x, y, x_test, y_test = digits(hidden=16)
+
+    def model(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        logits = net(x)
+        with pyro.plate("data", 1200, subsample_size=len(x)):
+            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
+        return logits
+
+    guide = autoguide(model, init_scale=0.05)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    for _ in range(4):
+        for start in range(0, 1200, 200):
+            svi.step(x[start : start + 200], y[start : start + 200])
+    predictive = Predictive(
+        model, guide=guide, num_samples=10, return_sites=["_RETURN"]
+    )
+    with torch.no_grad():
+        logits = predictive(x_test)["_RETURN"]
+    accuracy = (torch.softmax(logits, -1).mean(0).argmax(-1) == y_test).float().mean()
+    assert accuracy > 0.6, f"{autoguide.__name__}: {accuracy:.2f} (chance 0.1)"
+
+
+def test_normalizing_flow_guide_learns() -> None:
+    """AutoIAFNormal starts at N(0, 1) weights: a small problem keeps it quick."""
+    x = torch.randn(400, 2)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    net = vi.VISequential(vi.VILinear(2, 8), nn.Tanh(), vi.VILinear(8, 2))
+
+    def model(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        logits = net(x)
+        with pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
+        return logits
+
+    # The flow's hidden layers must be at least as wide as the number of weights.
+    guide = AutoIAFNormal(model, hidden_dim=[60])
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    losses = [svi.step(x, y) for _ in range(300)]
+    assert sum(losses[-20:]) < 0.3 * sum(losses[:20])
+    predictive = Predictive(
+        model, guide=guide, num_samples=20, return_sites=["_RETURN"]
+    )
+    with torch.no_grad():
+        probs = torch.softmax(predictive(x)["_RETURN"], -1).mean(0)
+    assert (probs.argmax(-1) == y).float().mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [
+        dist.Laplace(0.0, 0.5),
+        dist.StudentT(3.0, 0.0, 1.0),
+        PyroPrior(dist.Normal(0, 2)),
+    ],
+)
+def test_pyro_distributions_as_priors_in_both_modes(prior, recorder) -> None:
+    layer = vi.VILinear(3, 2, prior=prior)
+    base = prior.distribution if isinstance(prior, PyroPrior) else prior
+    with recorder:
+        out = layer(torch.randn(4, 3), samples=5)
+    expected = sum(
+        base.log_prob(value).flatten(1).sum(1) for value in recorder.values.values()
+    )
+    torch.testing.assert_close(out.log_probs[:, 0], expected)
+    trace = poutine.trace(layer).get_trace(torch.randn(4, 3))
+    site = trace.nodes["weight"]
+    assert site["fn"].event_shape == (2, 3)
+    torch.testing.assert_close(
+        site["fn"].log_prob(site["value"]), base.log_prob(site["value"]).sum()
+    )
+
+
+def test_scale_mixture_prior_trains_with_the_guide() -> None:
+    mixture = dist.MixtureSameFamily(
+        dist.Categorical(torch.tensor([0.5, 0.5])),
+        dist.Normal(torch.zeros(2), torch.tensor([0.1, 1.0])),
+    )
+    net = vi.VISequential(
+        vi.VILinear(2, 8, prior=mixture), nn.Tanh(), vi.VILinear(8, 1)
+    )
+    x = torch.randn(64, 2)
+    y = x[:, :1] * 2
+
+    def model(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        mean = net(x).squeeze(-1)
+        with pyro.plate("data", len(x)):
+            pyro.sample(
+                "obs", dist.Normal(mean, 0.1), obs=None if y is None else y[:, 0]
+            )
+
+    svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 0.03}), Trace_ELBO())
+    losses = [svi.step(x, y) for _ in range(200)]
+    assert sum(losses[-20:]) < 0.2 * sum(losses[:20])
+
+
+def test_pyro_prior_with_a_wrong_shape_names_the_problem() -> None:
+    with pytest.raises(ValueError, match="empty event_shape"):
+        vi.VILinear(3, 2, prior=dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    layer = vi.VILinear(3, 2, prior=dist.Normal(torch.zeros(5), 1.0))
+    with pytest.raises(ValueError, match=r"does not broadcast to the variable's shape"):
+        poutine.trace(layer).get_trace(torch.randn(4, 3))
+    with pytest.raises(TypeError, match=r"PyroPrior takes a pyro\.distributions"):
+        PyroPrior(MeanFieldNormal())
