@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import (
     AutoDiagonalNormal,
     AutoIAFNormal,
@@ -272,3 +272,46 @@ def test_pyro_prior_with_a_wrong_shape_names_the_problem() -> None:
         poutine.trace(layer).get_trace(torch.randn(4, 3))
     with pytest.raises(TypeError, match=r"PyroPrior takes a pyro\.distributions"):
         PyroPrior(MeanFieldNormal())
+
+
+def test_nuts_and_vi_posterior_predictives_agree_on_held_out_points() -> None:
+    x = torch.cat([torch.linspace(-2, -0.5, 20), torch.linspace(0.5, 2, 20)])[:, None]
+    y = torch.sin(2 * x).squeeze(-1) + 0.1 * torch.randn(40)
+    x_test = torch.linspace(-2, 2, 50)[:, None]
+    y_test = torch.sin(2 * x_test).squeeze(-1) + 0.1 * torch.randn(50)
+    start_narrow = MeanFieldNormal(std=0.01)
+    net = vi.VISequential(
+        vi.VILinear(1, 6, variational_distribution=start_narrow),
+        nn.Tanh(),
+        vi.VILinear(6, 1, variational_distribution=start_narrow),
+    )
+
+    def model(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        mean = net(x).squeeze(-1)
+        with pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(mean, 0.1), obs=y)
+        return mean
+
+    def held_out_log_likelihood(**predictive_kwargs) -> float:
+        means = Predictive(model, return_sites=["_RETURN"], **predictive_kwargs)(
+            x_test
+        )["_RETURN"]
+        log_likelihood = dist.Normal(means, 0.1).log_prob(y_test)
+        mixture = torch.logsumexp(log_likelihood, 0) - math.log(len(means))
+        return mixture.mean().item()
+
+    mcmc = MCMC(
+        NUTS(model, max_tree_depth=5),
+        num_samples=80,
+        warmup_steps=80,
+        disable_progbar=True,
+    )
+    mcmc.run(x, y)
+    nuts = held_out_log_likelihood(posterior_samples=mcmc.get_samples())
+    svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 0.03}), Trace_ELBO())
+    for _ in range(600):
+        svi.step(x, y)
+    variational = held_out_log_likelihood(guide=net.guide, num_samples=80)
+    prior = held_out_log_likelihood(num_samples=80)
+    assert nuts > prior + 2 and variational > prior + 2, (nuts, variational, prior)
+    assert abs(nuts - variational) < 0.5, (nuts, variational)
