@@ -168,3 +168,22 @@ def test_both_training_paths_learn_digits() -> None:
             probs = torch.softmax(net(x_test, samples=20), -1).mean(0)
         accuracy = (probs.argmax(-1) == y_test).float().mean()
         assert accuracy > 0.85, f"{type(net).__name__}: accuracy {accuracy:.3f}"
+
+
+def test_state_dict_round_trip_restores_the_guide() -> None:
+    net, twin = mlp(), mlp()
+    svi = SVI(
+        classification_model(net), net.guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO()
+    )
+    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    for _ in range(5):
+        svi.step(x, y)
+    twin.load_state_dict(net.state_dict())
+    pyro.set_rng_seed(3)
+    first = poutine.trace(net.guide).get_trace()
+    pyro.set_rng_seed(3)
+    second = poutine.trace(twin.guide).get_trace()
+    for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
+        torch.testing.assert_close(
+            first.nodes[name]["value"], second.nodes[name]["value"]
+        )
