@@ -8,6 +8,7 @@ without the sample dimension, they are the ``torch.nn.functional`` operations.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -543,3 +544,91 @@ def _fold_mask(mask: Tensor, batch_shape: tuple[int, ...]) -> Tensor:
     if all(size == 1 for size in mask.shape[:leading]):
         return mask.reshape(per_head)
     return mask.expand(*batch_shape, *per_head).reshape(-1, *per_head)
+
+
+def linear_local_reparameterization(
+    input: Tensor,
+    weight_mean: Tensor,
+    weight_std: Tensor,
+    bias_mean: Tensor | None = None,
+    bias_std: Tensor | None = None,
+    num_samples: int | None = None,
+) -> Tensor:
+    r"""Sample :math:`x W^\top + b` for Gaussian :math:`W, b` from its marginal.
+
+    Each output element is drawn from
+
+    .. math::
+        \mathcal N\bigl(x\mu_W^\top + \mu_b,\; x^2(\sigma_W^2)^\top + \sigma_b^2\bigr),
+
+    independently per example (Kingma, Salimans and Welling, 2015): two matrix
+    products, no weight sample.
+
+    Parameters
+    ----------
+    input: Tensor
+        ``(*, in)``; with ``num_samples``, ``(S, *, in)``.
+    weight_mean, weight_std: Tensor
+        ``(out, in)``.
+    bias_mean, bias_std: Tensor, optional
+        ``(out,)``.
+    num_samples: int, optional
+        ``S``: the input leads with the sample dimension; a stride-0 (shared) input
+        is multiplied once.
+
+    Returns
+    -------
+    Tensor
+        Shaped like the input with ``out`` features.
+    """
+    shared = num_samples is not None and input.stride(0) == 0
+    rows = input[0] if shared else input
+    bias_variance = None if bias_std is None else bias_std.square()
+    mean = F.linear(rows, weight_mean, bias_mean)
+    variance = F.linear(rows.square(), weight_std.square(), bias_variance)
+    if num_samples is not None and shared:
+        mean = mean.expand(num_samples, *mean.shape)
+        variance = variance.expand(num_samples, *variance.shape)
+    noise = torch.randn_like(mean)
+    return torch.addcmul(mean, variance.clamp_min(1e-30).sqrt(), noise)
+
+
+def linear_flipout(
+    input: Tensor,
+    weight_mean: Tensor,
+    weight_delta: Tensor,
+    bias: Tensor | None = None,
+) -> Tensor:
+    r"""Flipout: :math:`x\mu^\top + ((x \circ r)\Delta^\top) \circ c + b`.
+
+    ``weight_delta`` is a perturbation of the mean drawn once (per sample); the
+    random signs :math:`r, c \in \{\pm1\}` of each example make the examples'
+    perturbations pairwise independent (Wen et al., 2018).
+
+    Parameters
+    ----------
+    input: Tensor
+        ``(*, in)``, or ``(S, *, in)`` with a 3-D ``weight_delta``.
+    weight_mean: Tensor
+        ``(out, in)``.
+    weight_delta: Tensor
+        ``(out, in)``, or ``(S, out, in)``: one perturbation per sample.
+    bias: Tensor, optional
+        The drawn bias, ``(out,)`` or ``(S, out)``.
+
+    Returns
+    -------
+    Tensor
+        Shaped like the input with ``out`` features.
+    """
+    shared = weight_delta.dim() == 3 and input.stride(0) == 0
+    mean = F.linear(input[0] if shared else input, weight_mean)
+    input_signs = torch.empty_like(input).bernoulli_(0.5).mul_(2).sub_(1)
+    perturbation = linear(input * input_signs, weight_delta)
+    output_signs = torch.empty_like(perturbation).bernoulli_(0.5).mul_(2).sub_(1)
+    output = mean + perturbation * output_signs
+    if bias is not None:
+        if weight_delta.dim() == 3:
+            bias = bias.reshape(bias.shape[0], *([1] * (output.dim() - 2)), -1)
+        output = output + bias
+    return output

@@ -9,6 +9,7 @@ import pyro
 from pyro.distributions import TorchDistribution
 from torch import Tensor
 
+from .poutine.estimators import GAUSSIAN_DRAW
 from .poutine.runtime import local_param
 
 
@@ -23,6 +24,10 @@ class GuideSite(Protocol):
 
     def variational_pyro_distribution(self) -> TorchDistribution:
         """The variational distribution with the variable's event shape."""
+        ...
+
+    def gaussian_parameters(self) -> tuple[Tensor, Tensor] | None:
+        """Location and scale of a Gaussian variational distribution, else ``None``."""
         ...
 
     def hyper_guide_distributions(self) -> Mapping[str, TorchDistribution]:
@@ -56,5 +61,11 @@ def sample_from_variational(sites: Iterable[GuideSite]) -> dict[str, Tensor]:
             local_param(name, parameter)
         for name, hyper_guide in site.hyper_guide_distributions().items():
             values[name] = pyro.sample(name, hyper_guide)
-        values[site.name] = pyro.sample(site.name, site.variational_pyro_distribution())
+        gaussian = site.gaussian_parameters()
+        infer = {} if gaussian is None else {GAUSSIAN_DRAW: gaussian}
+        values[site.name] = pyro.sample(
+            site.name,
+            site.variational_pyro_distribution(),
+            infer=infer,  # type: ignore[arg-type]
+        )
     return values

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
+from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor
 
 from .runtime import TransparentMessenger
@@ -68,6 +69,20 @@ class VariationalMessenger(TransparentMessenger):
         msg["value"] = value
         msg["done"] = True
 
+    def record(self, log_prior: Tensor, log_variational: Tensor) -> None:
+        """Add terms that a layer computed itself (a closed-form KL, say).
+
+        Parameters
+        ----------
+        log_prior: Tensor
+            ``(S,)`` or a scalar broadcast to all samples.
+        log_variational: Tensor
+            Likewise.
+        """
+        if self.with_log_probs:
+            self._log_prior.append(log_prior.expand(self.num_samples))
+            self._log_variational.append(log_variational.expand(self.num_samples))
+
     def log_probs(self, reference: Tensor) -> Tensor:
         """The ``(S, 2)`` [log prior, log variational] of the draws so far.
 
@@ -86,3 +101,11 @@ class VariationalMessenger(TransparentMessenger):
         log_prior = torch.stack(self._log_prior).sum(dim=0)
         log_variational = torch.stack(self._log_variational).sum(dim=0)
         return torch.stack((log_prior, log_variational), dim=1)
+
+
+def active_sampler() -> VariationalMessenger | None:
+    """The innermost :class:`VariationalMessenger` on Pyro's stack, if any."""
+    for frame in reversed(_PYRO_STACK):
+        if isinstance(frame, VariationalMessenger):
+            return frame
+    return None

@@ -9,8 +9,12 @@ import torch
 from torch import Tensor
 
 from .. import functional
-from .base import VIModule
+from ..poutine.estimators import active_estimator, gaussian_of
+from ..poutine.runtime import in_pyro_inference
+from ..poutine.variational import active_sampler
+from .base import VIModule, current_num_samples
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
+from .random_variable import RandomVariable
 from .utils.checks import positive_int
 
 
@@ -121,16 +125,58 @@ class VILinear(VIModule):
             raise TypeError(
                 f"VILinear expects a tensor input, got {type(input_).__name__}"
             )
-        weight = self.weight
+        num_samples = current_num_samples()
         if input_.dim() == 0 or input_.shape[-1] != self.in_features:
             # In torch_blue mode the input carries the sample dimension; report the
             # shape the user passed.
-            shape = tuple(input_.shape[weight.dim() - 2 :])
+            shape = tuple(input_.shape[0 if num_samples is None else 1 :])
             raise ValueError(
                 f"VILinear(in_features={self.in_features}) expects input of shape "
                 f"(*, {self.in_features}), got {shape}"
             )
-        return functional.linear(input_, weight, self.bias)
+        estimator = active_estimator()
+        if estimator is not None:
+            output = self._estimated_forward(estimator, input_, num_samples)
+            if output is not None:
+                return output
+        return functional.linear(input_, self.weight, self.bias)
+
+    def _estimated_forward(
+        self, estimator: str, input_: Tensor, num_samples: int | None
+    ) -> Tensor | None:
+        """The output under an estimator handler, or ``None`` where it cannot apply.
+
+        See :mod:`torch_blue_pyro.poutine.estimators`. In torch_blue mode the layer's
+        own Gaussian parameters are used; in Pyro mode those that ``model.guide``
+        drew the weights from (not available under vectorized particles).
+        """
+        sites = [RandomVariable(self, name) for name in self._present_variables()]
+        drawn: list[Tensor] | None = None
+        if in_pyro_inference():
+            if num_samples is not None:
+                return None
+            drawn = [getattr(self, site.variable) for site in sites]
+            found = [gaussian_of(value) for value in drawn]
+        else:
+            found = [site.gaussian_parameters() for site in sites]
+        gaussians = [gaussian for gaussian in found if gaussian is not None]
+        if len(gaussians) < len(sites):
+            return None
+        (weight_mean, weight_std), *bias_gaussian = gaussians
+        bias_mean, bias_std = bias_gaussian[0] if bias_gaussian else (None, None)
+        if estimator == "local_reparameterization":
+            if drawn is None and not _record_closed_form_kl(sites):
+                return None
+            return functional.linear_local_reparameterization(
+                input_, weight_mean, weight_std, bias_mean, bias_std, num_samples
+            )
+        if drawn is None:
+            drawn = [getattr(self, site.variable) for site in sites]
+        weight, *bias = drawn
+        delta = weight - weight_mean
+        return functional.linear_flipout(
+            input_, weight_mean, delta, bias[0] if bias else None
+        )
 
     def extra_repr(self) -> str:
         """Describe the layer's sizes, as ``nn.Linear`` does."""
@@ -139,3 +185,23 @@ class VILinear(VIModule):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={bias}"
         )
+
+
+def _record_closed_form_kl(sites: list[RandomVariable]) -> bool:
+    r"""Put the closed-form KL of ``sites`` into the sampler's log-probs.
+
+    Local reparameterization draws no weight, so the KL term is exact instead: the
+    log prior column receives :math:`-\mathrm{KL}` and the log variational column 0,
+    which :class:`~torch_blue_pyro.vi.KullbackLeiblerLoss` turns into
+    :math:`\mathrm{KL}`. Returns ``False`` (recording nothing) unless every site
+    has normal variational distribution and prior.
+    """
+    kls = [site.closed_form_kl() for site in sites]
+    present = [kl for kl in kls if kl is not None]
+    if len(present) < len(kls):
+        return False
+    sampler = active_sampler()
+    if sampler is not None:
+        kl = torch.stack(present).sum()
+        sampler.record(-kl, torch.zeros_like(kl))
+    return True

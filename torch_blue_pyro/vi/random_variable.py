@@ -8,6 +8,7 @@ Pyro-side handlers need (:class:`~torch_blue_pyro.poutine.VariationalSite`,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -127,6 +128,38 @@ class RandomVariable:
         )
         prior = self.prior.prior_log_prob(sample, self._hyperparameters())
         return torch.stack((prior.sum(), variational.sum()))
+
+    def gaussian_parameters(self) -> tuple[Tensor, Tensor] | None:
+        """``(mean, std)`` if the variational distribution is a ``MeanFieldNormal``."""
+        from .distributions import MeanFieldNormal
+
+        if type(self.variational_distribution) is not MeanFieldNormal:
+            return None
+        mean, log_std = self.variational_parameters()
+        return mean, log_std.exp()
+
+    def closed_form_kl(self) -> Tensor | None:
+        r"""Closed-form :math:`\mathrm{KL}(q\,\|\,p)` of two normals, else ``None``.
+
+        .. math::
+            \sum \log\frac{\sigma_p}{\sigma_q}
+            + \frac{\sigma_q^2 + (\mu_q - \mu_p)^2}{2\sigma_p^2} - \frac12
+        """
+        from .distributions import MeanFieldNormal
+
+        gaussian = self.gaussian_parameters()
+        if gaussian is None or type(self.prior) is not MeanFieldNormal:
+            return None
+        mean, std = gaussian
+        prior_mean, prior_log_std = float(self.prior.mean), float(self.prior.log_std)
+        prior_variance = math.exp(2 * prior_log_std)
+        kl = (
+            prior_log_std
+            - std.log()
+            + (std.square() + (mean - prior_mean).square()) / (2 * prior_variance)
+            - 0.5
+        )
+        return kl.sum()
 
     def prior_pyro_distribution(self) -> TorchDistribution:
         """The prior as the Pyro distribution of this variable's sample site.
