@@ -3,7 +3,7 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from torch_blue_pyro import demo
+from torch_blue_pyro import demo, metrics
 
 
 def test_demo_trains_a_calibrated_classifier(capsys) -> None:
@@ -22,5 +22,5 @@ def test_expected_calibration_error_by_hand() -> None:
     labels = torch.tensor([0, 1, 1, 1])
     # Bins of width .25: (.5, .75] holds confidences .6 (wrong) and .7 (right), a
     # gap of |.65 - .5|; (.75, 1] holds .9 and .8, both right, a gap of |.85 - 1|.
-    ece = demo.expected_calibration_error(probabilities, labels, n_bins=4)
-    assert ece == pytest.approx(0.5 * abs(0.65 - 0.5) + 0.5 * abs(0.85 - 1.0))
+    ece = metrics.expected_calibration_error(probabilities, labels, n_bins=4)
+    assert ece.item() == pytest.approx(0.5 * abs(0.65 - 0.5) + 0.5 * abs(0.85 - 1.0))

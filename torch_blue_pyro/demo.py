@@ -5,7 +5,8 @@ by variational inference: minibatch Adam on the negative ELBO given by
 ``KullbackLeiblerLoss`` with a ``Categorical`` predictive distribution. It then
 evaluates the model on a held-out split with ``--samples`` weight draws and prints
 the test accuracy, the negative log-likelihood of the sample-averaged predictive
-probabilities, the expected calibration error and the training time per epoch.
+probabilities, the expected calibration error and the training time per epoch (the
+metrics come from :mod:`torch_blue_pyro.metrics`).
 
 Run it with::
 
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torch_blue_pyro import vi
+from torch_blue_pyro import metrics, uncertainty, vi
 
 HIDDEN_UNITS = 128
 BATCH_SIZE = 128
@@ -203,73 +204,10 @@ def predictive_probabilities(model: vi.VISequential, x: Tensor, samples: int) ->
     model.return_log_probs = False
     try:
         with torch.no_grad():
-            logits = model(x, samples=samples).as_subclass(Tensor)
+            logits = model(x, samples=samples)
     finally:
         model.return_log_probs = return_log_probs
-    return torch.softmax(logits, dim=-1).mean(dim=0)
-
-
-def negative_log_likelihood(probabilities: Tensor, labels: Tensor) -> float:
-    """Mean negative log-likelihood of the labels under the predictive probabilities.
-
-    Parameters
-    ----------
-    probabilities : Tensor
-        Predictive class probabilities of shape (N, C).
-    labels : Tensor
-        Integer labels of shape (N,).
-
-    Returns
-    -------
-    float
-        ``-mean(log p(label))``, with probabilities clamped away from zero.
-    """
-    label_probabilities = probabilities.gather(1, labels.unsqueeze(1)).squeeze(1)
-    eps = torch.finfo(probabilities.dtype).tiny
-    return -label_probabilities.clamp_min(eps).log().mean().item()
-
-
-def expected_calibration_error(
-    probabilities: Tensor, labels: Tensor, n_bins: int = ECE_BINS
-) -> float:
-    r"""Expected calibration error of the top-class predictions.
-
-    The confidence of a prediction is its largest class probability. Predictions
-    are grouped into ``n_bins`` equal-width confidence bins
-    :math:`B_b = ((b - 1) / M, b / M]` (the first bin also holds confidence 0), and
-
-    .. math::
-
-        \mathrm{ECE} = \sum_{b=1}^{M} \frac{|B_b|}{N}
-        \left| \mathrm{acc}(B_b) - \mathrm{conf}(B_b) \right|,
-
-    where :math:`\mathrm{acc}(B_b)` is the fraction of correct predictions and
-    :math:`\mathrm{conf}(B_b)` the mean confidence in bin :math:`B_b` (Guo et al.,
-    2017, "On Calibration of Modern Neural Networks"). Empty bins contribute zero.
-
-    Parameters
-    ----------
-    probabilities : Tensor
-        Predictive class probabilities of shape (N, C).
-    labels : Tensor
-        Integer labels of shape (N,).
-    n_bins : int, default: 15
-        Number of equal-width bins on [0, 1].
-
-    Returns
-    -------
-    float
-        The ECE, in [0, 1].
-    """
-    confidences, predictions = probabilities.max(dim=1)
-    correct = (predictions == labels).to(probabilities.dtype)
-    bins = (confidences * n_bins).ceil().long().clamp(1, n_bins) - 1
-    # |B_b| / N * |acc_b - conf_b| = |sum_b(correct) - sum_b(confidence)| / N
-    correct_per_bin = torch.zeros(n_bins, dtype=probabilities.dtype)
-    confidence_per_bin = torch.zeros(n_bins, dtype=probabilities.dtype)
-    correct_per_bin.index_add_(0, bins, correct)
-    confidence_per_bin.index_add_(0, bins, confidences)
-    return ((correct_per_bin - confidence_per_bin).abs().sum() / len(labels)).item()
+    return uncertainty.predictive_probabilities(logits)
 
 
 def train_and_evaluate(args: argparse.Namespace) -> dict[str, float]:
@@ -311,19 +249,21 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, float]:
         )
 
     probabilities = predictive_probabilities(model, x_test, args.samples)
-    metrics = {
-        "accuracy": (probabilities.argmax(dim=1) == y_test).float().mean().item(),
-        "nll": negative_log_likelihood(probabilities, y_test),
-        "ece": expected_calibration_error(probabilities, y_test),
+    results = {
+        "accuracy": metrics.accuracy(probabilities, y_test).item(),
+        "nll": metrics.negative_log_likelihood(probabilities, y_test).item(),
+        "ece": metrics.expected_calibration_error(
+            probabilities, y_test, n_bins=ECE_BINS
+        ).item(),
         "final_loss": loss,
         "seconds_per_epoch": sum(epoch_seconds) / max(len(epoch_seconds), 1),
     }
     print(f"test ({args.samples} samples):")
-    print(f"  accuracy          {metrics['accuracy']:.4f}")
-    print(f"  NLL               {metrics['nll']:.4f}")
-    print(f"  ECE ({ECE_BINS} bins)     {metrics['ece']:.4f}")
-    print(f"  seconds per epoch {metrics['seconds_per_epoch']:.3f}")
-    return metrics
+    print(f"  accuracy          {results['accuracy']:.4f}")
+    print(f"  NLL               {results['nll']:.4f}")
+    print(f"  ECE ({ECE_BINS} bins)     {results['ece']:.4f}")
+    print(f"  seconds per epoch {results['seconds_per_epoch']:.3f}")
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
