@@ -38,7 +38,7 @@ from .distributions import (
     VariationalDistribution,
 )
 from .random_variable import RandomVariable
-from .utils.checks import positive_int
+from .utils.checks import distribution_instance, positive_int
 from .utils.errors import NoVariablesError, UnsupportedDistributionError
 from .utils.vi_return import VIReturn
 
@@ -244,13 +244,16 @@ class VIModule(PyroModule):
             )
         return variables
 
-    def _require_variable(self, variable: str, action: str) -> None:
+    def _require_known(self, variable: str, action: str) -> None:
         variables = self._require_variables(action)
         if variable not in variables:
             raise KeyError(
                 f"{type(self).__name__} has no random variable {variable!r}; "
                 f"its random variables are {variables}"
             )
+
+    def _require_variable(self, variable: str, action: str) -> None:
+        self._require_known(variable, action)
         if self.variational_distribution[variable] is None:
             raise NoVariablesError(f"{variable} is None and has no parameters {action}")
 
@@ -323,7 +326,7 @@ class VIModule(PyroModule):
         NoVariablesError
             If the module has no random variables.
         """
-        self._require_variables("to sample")
+        self._require_known(variable, "to sample")
         if self.variational_distribution[variable] is None:
             return None
         return RandomVariable(self, variable).sample()
@@ -676,6 +679,7 @@ def _one_per_variable(
     else:
         dists = [given] * len(names)
     for dist in dists:
+        distribution_instance(dist, argument)
         if not isinstance(dist, role):
             raise UnsupportedDistributionError(
                 f"{type(dist).__name__} cannot be used as {role_text} ({argument})"

@@ -13,7 +13,7 @@ from .. import functional
 from ..functional import _pad_widths
 from .base import VIModule
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
-from .utils.checks import positive_int
+from .utils.checks import check_input_matches, positive_int
 
 _PADDING_STRINGS = ("same", "valid")
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -177,6 +177,7 @@ class _VIConvNd(VIModule):
                 f"(N, {self.in_channels}, {spatial}) or ({self.in_channels}, "
                 f"{spatial}), got {shape}"
             )
+        check_input_matches(name, "input", input_, weight)
         return _FUNCTIONAL[dims](
             input_,
             weight,

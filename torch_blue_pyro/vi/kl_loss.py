@@ -7,11 +7,12 @@ import numbers
 from typing import Any, ClassVar
 from warnings import warn
 
+import torch
 from torch import Tensor
 from torch.nn import Module
 
 from .distributions import PredictiveDistribution
-from .utils.checks import positive_int
+from .utils.checks import distribution_instance, positive_int
 from .utils.errors import UnsupportedDistributionError
 from .utils.vi_return import VIReturn
 
@@ -36,6 +37,7 @@ class _SampledOutputLoss(Module):
         track: bool,
     ) -> None:
         super().__init__()
+        distribution_instance(predictive_distribution, "predictive_distribution")
         if not isinstance(predictive_distribution, PredictiveDistribution):
             raise UnsupportedDistributionError(
                 f"{type(predictive_distribution).__name__} cannot be used as a "
@@ -83,6 +85,7 @@ class _SampledOutputLoss(Module):
                 f"No dataset_size is provided. Batch size ({n_data}) is used instead.",
                 stacklevel=3,
             )
+        _check_finite_on_device(samples, target)
         log_likelihood = self.predictive_distribution.log_prob_from_samples(
             target, samples
         )
@@ -96,6 +99,24 @@ class _SampledOutputLoss(Module):
             self.log["prior_matching"].append(prior_matching.item())
             for key, value in extra.items():
                 self.log[key].append(value)
+
+
+def _check_finite_on_device(samples: Tensor, target: Tensor) -> None:
+    """Refuse a target on another device and NaN or inf in target or output."""
+    if target.device != samples.device:
+        raise ValueError(
+            f"target must be on the device of model_output ({samples.device}), got "
+            f"{target.device}"
+        )
+    if target.is_floating_point():
+        bad = int((~torch.isfinite(target)).sum())
+        if bad:
+            raise ValueError(f"target must be finite, got {bad} NaN or inf value(s)")
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError(
+            "model_output holds NaN or inf values: check the inputs and the "
+            "parameters (a diverged training run shows this first)"
+        )
 
 
 def _plain(model_output: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from ..poutine.variational import active_sampler
 from .base import VIModule, current_num_samples
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
 from .random_variable import RandomVariable
-from .utils.checks import positive_int
+from .utils.checks import check_input_matches, positive_int
 
 
 class VILinear(VIModule):
@@ -134,6 +134,8 @@ class VILinear(VIModule):
                 f"VILinear(in_features={self.in_features}) expects input of shape "
                 f"(*, {self.in_features}), got {shape}"
             )
+        reference = self.get_variational_parameters("weight")[0]
+        check_input_matches("VILinear", "input", input_, reference)
         estimator = active_estimator()
         if estimator is not None:
             output = self._estimated_forward(estimator, input_, num_samples)

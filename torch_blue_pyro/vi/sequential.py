@@ -85,7 +85,7 @@ class VISequential(VIModule, Sequential):
                     f"for {name!r}"
                 )
             self.add_module(name, module)
-        self._return_log_probs = modes.pop() if modes else False
+        self._return_log_probs = modes.pop() if modes else True
 
     def forward(self, input_: Any) -> Any:
         """Feed ``input_`` through the modules in order.

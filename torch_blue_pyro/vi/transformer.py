@@ -34,7 +34,7 @@ from .. import functional
 from .base import VIModule, current_num_samples
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
 from .linear import VILinear
-from .utils.checks import positive_int
+from .utils.checks import check_input_matches, positive_int
 
 Activation = str | Callable[[Tensor], Tensor]
 
@@ -467,6 +467,9 @@ class VIMultiheadAttention(VIModule):
                     f"{name} expects {argument} to be a tensor, got "
                     f"{type(tensor).__name__}"
                 )
+        reference = next(self.parameters())
+        for argument, tensor in (("query", query), ("key", key), ("value", value)):
+            check_input_matches("VIMultiheadAttention", argument, tensor, reference)
         rank = query.dim() - lead
         sequence = "(N, L, {})" if self.batch_first else "(L, N, {})"
         for argument, tensor, size in (

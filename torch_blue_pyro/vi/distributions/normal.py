@@ -238,7 +238,10 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
             factory = {"device": reference.device, "dtype": reference.dtype}
             loc = torch.as_tensor(float(self.mean), **factory)
             scale = torch.as_tensor(float(self.std), **factory)
-            base = pyro_dist.Normal(loc, scale).expand(torch.Size(event_shape))
+            # No argument validation: it would read the scale (impossible on "meta").
+            base = pyro_dist.Normal(loc, scale, validate_args=False).expand(
+                torch.Size(event_shape)
+            )
             prior = base.to_event(len(event_shape))
             self.__dict__["_pyro_prior"] = (key, prior)
             return prior
@@ -291,4 +294,9 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
             Elementwise log-likelihood.
         """
         mean, std = _as_parameter_tuple((parameters,))
+        if reference.shape != mean.shape:
+            raise ValueError(
+                f"target of shape {tuple(reference.shape)} does not match predictions "
+                f"of shape {tuple(mean.shape)}"
+            )
         return self.log_prob(reference, (mean, std.log()))
