@@ -239,15 +239,6 @@ def test_resuming_pyro_mode_training_is_bit_identical(tmp_path: Path) -> None:
     assert_same_parameters(uninterrupted, resumed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "F8: pyro.optim's get_state() keys each optimizer by its parameter's name in "
-        "Pyro's global param store; the layers' local params are not there, so every "
-        "state lands under the key None and one parameter's Adam state overwrites "
-        "the others'"
-    ),
-)
 def test_resuming_svi_with_a_pyro_optimizer_is_bit_identical(tmp_path: Path) -> None:
     x, y = inputs("mlp"), labels()
 

@@ -18,7 +18,7 @@ from pyro.distributions import constraints
 from pyro.infer.predictive import _predictive_vectorize_plate_name
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.plate_messenger import PlateMessenger
-from pyro.poutine.runtime import _PYRO_STACK, effectful
+from pyro.poutine.runtime import _PYRO_PARAM_STORE, _PYRO_STACK, effectful
 from torch import Tensor
 
 #: Names of the plates that stack particles rather than data: those of
@@ -69,8 +69,11 @@ def local_param(name: str, value: Tensor) -> Tensor:
     Tensor
         ``value``, as returned by the handlers.
     """
-    # pyro.optim and SVI reach the leaf tensor through ``value.unconstrained()``.
+    # pyro.optim and SVI reach the leaf tensor through ``value.unconstrained()``, and
+    # pyro.optim names its per-parameter state (get_state/set_state) by the store's
+    # tensor-to-name map: the name is registered there, the tensor never stored.
     value.unconstrained = weakref.ref(value)  # type: ignore[attr-defined]
+    _PYRO_PARAM_STORE._param_to_name[value] = name
     return _param_effect(
         name, value, constraint=constraints.real, event_dim=None, name=name
     )
