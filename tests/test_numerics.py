@@ -489,3 +489,11 @@ def test_gradcheck_predictive_log_probs() -> None:
         lambda outputs: MeanFieldNormal().log_prob_from_samples(target, outputs),
         (double(5, 4, 2),),
     )
+
+
+def test_a_diverged_parameter_is_named_by_layer_and_variable() -> None:
+    model = vi.VISequential(vi.VILinear(4, 8), nn.ReLU(), vi.VILinear(8, 2))
+    with torch.no_grad():
+        model[2]._weight_log_std[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"'2\._weight_log_std'.*'2\.weight'"):
+        model(torch.randn(3, 4), samples=2)

@@ -527,11 +527,11 @@ class VIModule(PyroModule):
             expanded = tuple(
                 None if x is None else x.expand(num_samples, *x.shape) for x in input_
             )
-        sampler = VariationalMessenger(
-            num_samples, self._bind_submodules(), self._return_log_probs
-        )
+        sites = self._bind_submodules()
+        sampler = VariationalMessenger(num_samples, sites, self._return_log_probs)
         with sampler:
             output = self._stacked_forward(num_samples, expanded, kwargs)
+        _name_non_finite_parameters(output, sites)
         log_probs = None
         if self._return_log_probs:
             reference: Tensor = next(
@@ -725,6 +725,35 @@ def _sample_dim_of(tensors: list[Tensor]) -> int:
             f"input, got sizes {sorted(sizes)}"
         )
     return sizes.pop()
+
+
+def _name_non_finite_parameters(
+    output: Any, sites: Mapping[str, RandomVariable]
+) -> None:
+    """If the output is not finite because of a parameter, say which one.
+
+    Raises
+    ------
+    FloatingPointError
+        Naming the first variational parameter holding NaN or inf (a diverged run).
+    """
+    outputs = output if isinstance(output, (tuple, list)) else (output,)
+    checked = [
+        item
+        for item in outputs
+        if isinstance(item, Tensor) and item.device.type != "meta"  # no values
+    ]
+    if all(bool(torch.isfinite(item).all()) for item in checked):
+        return
+    for site in sites.values():
+        for name, parameter in site.named_variational_parameters():
+            if not bool(torch.isfinite(parameter).all()):
+                raise FloatingPointError(
+                    f"the variational parameter {name!r} of random variable "
+                    f"{site.name!r} ({type(site.module).__name__}) holds NaN or inf, "
+                    "so the output does too: training diverged (lower the learning "
+                    "rate, or check dataset_size and the initial std)"
+                )
 
 
 def _attach_log_probs(output: Any, log_probs: Tensor | None) -> Any:
