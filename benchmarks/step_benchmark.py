@@ -1,22 +1,37 @@
-"""Time one training step and one prediction of a Bayesian MLP, per library.
+"""Time one training step and one prediction of a Bayesian network, per library.
 
 What is measured
 ----------------
-The model is the MLP 64-256-256-10 (``VILinear``, ``ReLU``, ``VILinear``, ``ReLU``,
-``VILinear`` in a ``VISequential``) on a batch of 128 rows, built with the
-``vi`` API of
+One of three small networks (``--model``), built with the ``vi`` API of
 
 - ``torch_blue_pyro`` (``from torch_blue_pyro import vi``), and
-- ``torch_blue`` (``from torch_blue import vi``), the library it replaces.
+- ``torch_blue`` (``from torch_blue import vi``), the library it replaces:
+
+``mlp`` (default)
+    The MLP 64-256-256-10 (``VILinear``, ``ReLU``, ``VILinear``, ``ReLU``,
+    ``VILinear`` in a ``VISequential``) on a batch of 128 rows.
+``cnn``
+    ``VIConv2d(1, 16, 3, padding=1)``, ``ReLU``, ``VIConv2d(16, 32, 3, padding=1)``,
+    ``ReLU``, ``nn.Flatten()``, ``VILinear(2048, 10)`` in a ``VISequential``, on a
+    batch of 128 single-channel 8x8 images.  (In both libraries the plain
+    ``nn.Flatten()`` sees one sample's ``(128, 32, 8, 8)`` tensor.)
+``transformer``
+    A ``VITransformerEncoder`` of two ``VITransformerEncoderLayer(d_model=64,
+    nhead=4, dim_feedforward=128, batch_first=True)``, the mean over the sequence and
+    a ``VILinear(64, 10)`` head, on a batch of 32 sequences of length 16.  Every
+    constructor argument is passed explicitly, so that both libraries build the
+    same network.
 
 *train* is one full optimisation step: forward with ``samples=10``,
 ``KullbackLeiblerLoss`` with a ``Categorical`` predictive distribution, backward,
 ``torch.optim.Adam`` step and ``zero_grad``.  *predict* is one forward with
 ``samples=10`` under ``torch.no_grad()`` and ``return_log_probs = False``.
 
-The *floor* is the deterministic ``torch.nn`` MLP of the same shape on
-10 * 128 = 1280 rows (the work of 10 weight samples without any sampling),
-trained with cross-entropy and Adam, and its plain forward for *predict*.
+The *floor* is the deterministic ``torch.nn`` network of the same shape (for the
+transformer ``nn.TransformerEncoder`` with ``dropout=0.0``) on 10 times the batch
+(the work of 10 weight samples without any sampling), trained with cross-entropy
+and Adam, and its plain forward for *predict*.  All models stay in training mode,
+as a Bayesian network is used (with dropout 0 this changes no result).
 
 The implementations are interleaved round-robin (each round runs ``--steps``
 steps of every case, after a warm-up), so that drifts in machine load hit them
@@ -26,7 +41,10 @@ library that cannot be imported (or fails to run) is reported as skipped.
 
 Run
 ---
-    python benchmarks/step_benchmark.py
+    python benchmarks/step_benchmark.py                      # the MLP
+    python benchmarks/step_benchmark.py --model cnn
+    python benchmarks/step_benchmark.py --model transformer
+    python benchmarks/step_benchmark.py --all                # all three in turn
 
 (``--threads``, ``--rounds``, ``--steps`` and ``--warmup`` change the defaults.)
 """
@@ -51,15 +69,26 @@ import torch
 from torch import Tensor, nn
 
 LAYER_SIZES = (64, 256, 256, 10)
-BATCH_SIZE = 128
+NUM_CLASSES = 10
 SAMPLES = 10
 DATASET_SIZE = 10_000
 LEARNING_RATE = 1e-3
 
+# CNN: 8x8 single-channel images, two 3x3 convolutions with padding 1.
+IMAGE_SIZE = 8
+CONV_CHANNELS = (1, 16, 32)
+
+# Transformer: (batch, sequence, d_model) inputs.
+SEQUENCE_LENGTH = 16
+D_MODEL = 64
+NUM_HEADS = 4
+DIM_FEEDFORWARD = 128
+NUM_LAYERS = 2
+LAYER_NORM_EPS = 1e-5
+
 PYRO_LIBRARY = "torch_blue_pyro"
 REFERENCE_LIBRARY = "torch_blue"
 LIBRARIES = (PYRO_LIBRARY, REFERENCE_LIBRARY)
-FLOOR = "floor (torch MLP)"
 TASKS = ("train", "predict")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -84,13 +113,202 @@ class Case:
     @property
     def quartiles_ms(self) -> tuple[float, float]:
         """First and third quartile of the step times in milliseconds."""
+        if len(self.times_ms) < 2:  # a single timed step: no spread to report
+            return self.times_ms[0], self.times_ms[0]
         q1, _, q3 = statistics.quantiles(self.times_ms, n=4)
         return q1, q3
+
+
+# --- the networks ------------------------------------------------------------------
+# A Bayesian builder takes a library's ``vi`` module and returns the network built
+# with it (a ``VIModule`` of that library, hence typed ``Any``).
+
+
+def bayesian_mlp(vi: ModuleType) -> Any:
+    """Build the Bayesian MLP 64-256-256-10 with the given ``vi`` module."""
+    d_in, h1, h2, d_out = LAYER_SIZES
+    return vi.VISequential(
+        vi.VILinear(d_in, h1),
+        nn.ReLU(),
+        vi.VILinear(h1, h2),
+        nn.ReLU(),
+        vi.VILinear(h2, d_out),
+    )
+
+
+def deterministic_mlp() -> nn.Module:
+    """Build the deterministic ``torch.nn`` MLP of the same shape."""
+    d_in, h1, h2, d_out = LAYER_SIZES
+    return nn.Sequential(
+        nn.Linear(d_in, h1),
+        nn.ReLU(),
+        nn.Linear(h1, h2),
+        nn.ReLU(),
+        nn.Linear(h2, d_out),
+    )
+
+
+def bayesian_cnn(vi: ModuleType) -> Any:
+    """Build the Bayesian CNN with the given ``vi`` module."""
+    c_in, c1, c2 = CONV_CHANNELS
+    return vi.VISequential(
+        vi.VIConv2d(c_in, c1, 3, padding=1),
+        nn.ReLU(),
+        vi.VIConv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        vi.VILinear(c2 * IMAGE_SIZE * IMAGE_SIZE, NUM_CLASSES),
+    )
+
+
+def deterministic_cnn() -> nn.Module:
+    """Build the deterministic ``torch.nn`` CNN of the same shape."""
+    c_in, c1, c2 = CONV_CHANNELS
+    return nn.Sequential(
+        nn.Conv2d(c_in, c1, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(c2 * IMAGE_SIZE * IMAGE_SIZE, NUM_CLASSES),
+    )
+
+
+def mean_pooled(base: type[nn.Module], encoder: nn.Module, head: nn.Module) -> Any:
+    """Return ``head(encoder(x).mean(dim=-2))`` as a module derived from ``base``.
+
+    ``base`` is ``nn.Module`` or a library's ``vi.VIModule``.  The mean is over the
+    sequence dimension, which is the second last with or without a leading sample
+    dimension, so the forward may take that dimension itself
+    (``handles_sample_dim``, read by ``torch_blue_pyro`` only; ``torch_blue`` runs
+    every forward per sample).
+    """
+
+    class MeanPooled(base):  # type: ignore[valid-type, misc]
+        handles_sample_dim = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.head = head
+
+        def forward(self, input_: Tensor) -> Tensor:
+            return self.head(self.encoder(input_).mean(dim=-2))
+
+    return MeanPooled()
+
+
+def bayesian_transformer(vi: ModuleType) -> Any:
+    """Build the mean-pooled Bayesian transformer encoder with the given ``vi``."""
+    layer = vi.VITransformerEncoderLayer(
+        d_model=D_MODEL,
+        nhead=NUM_HEADS,
+        dim_feedforward=DIM_FEEDFORWARD,
+        activation=nn.ReLU(),
+        layer_norm_eps=LAYER_NORM_EPS,
+        batch_first=True,
+        norm_first=False,
+        bias=True,
+        rescale_prior=True,
+        kaiming_initialization=True,
+        prior_initialization=False,
+        return_log_probs=True,
+    )  # no dropout: torch_blue has none, torch_blue_pyro defaults to 0.0
+    encoder = vi.VITransformerEncoder(
+        layer, num_layers=NUM_LAYERS, norm=None, return_log_probs=True
+    )
+    head = vi.VILinear(
+        D_MODEL,
+        NUM_CLASSES,
+        bias=True,
+        rescale_prior=False,
+        kaiming_initialization=True,
+        prior_initialization=False,
+        return_log_probs=True,
+    )
+    return mean_pooled(vi.VIModule, encoder, head)
+
+
+def deterministic_transformer() -> nn.Module:
+    """Build the deterministic ``torch.nn`` transformer of the same shape."""
+    layer = nn.TransformerEncoderLayer(
+        d_model=D_MODEL,
+        nhead=NUM_HEADS,
+        dim_feedforward=DIM_FEEDFORWARD,
+        dropout=0.0,
+        activation="relu",
+        layer_norm_eps=LAYER_NORM_EPS,
+        batch_first=True,
+        norm_first=False,
+        bias=True,
+    )
+    encoder = nn.TransformerEncoder(
+        layer, num_layers=NUM_LAYERS, norm=None, enable_nested_tensor=False
+    )
+    return mean_pooled(nn.Module, encoder, nn.Linear(D_MODEL, NUM_CLASSES))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One benchmarked network: its builders, its input and its labels."""
+
+    title: str
+    """Title of the printed table."""
+    floor: str
+    """Name of the floor in the table."""
+    batch_size: int
+    input_shape: tuple[int, ...]
+    """Shape of one input row."""
+    bayesian: Callable[[ModuleType], Any]
+    deterministic: Callable[[], nn.Module]
+
+
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec(
+        title="Bayesian MLP " + "-".join(map(str, LAYER_SIZES)),
+        floor="floor (torch MLP)",
+        batch_size=128,
+        input_shape=(LAYER_SIZES[0],),
+        bayesian=bayesian_mlp,
+        deterministic=deterministic_mlp,
+    ),
+    "cnn": ModelSpec(
+        title=(
+            "Bayesian CNN conv(1->16, 3x3)-conv(16->32, 3x3)-linear(2048->10) "
+            "on 1x8x8 images"
+        ),
+        floor="floor (torch CNN)",
+        batch_size=128,
+        input_shape=(CONV_CHANNELS[0], IMAGE_SIZE, IMAGE_SIZE),
+        bayesian=bayesian_cnn,
+        deterministic=deterministic_cnn,
+    ),
+    "transformer": ModelSpec(
+        title=(
+            f"Bayesian transformer encoder ({NUM_LAYERS} layers, d_model {D_MODEL}, "
+            f"{NUM_HEADS} heads, feed-forward {DIM_FEEDFORWARD}), mean over "
+            f"the sequence, linear({D_MODEL}->{NUM_CLASSES}), "
+            f"sequence length {SEQUENCE_LENGTH}"
+        ),
+        floor="floor (torch transformer)",
+        batch_size=32,
+        input_shape=(SEQUENCE_LENGTH, D_MODEL),
+        bayesian=bayesian_transformer,
+        deterministic=deterministic_transformer,
+    ),
+}
+
+
+# --- command line and environment ---------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", choices=sorted(MODELS), default="mlp", help="network to time"
+    )
+    parser.add_argument("--all", action="store_true", help="time every network in turn")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--rounds", type=int, default=15, help="round-robin rounds")
     parser.add_argument(
@@ -137,37 +355,11 @@ def import_library(library: str) -> ModuleType:
     return importlib.import_module(library)
 
 
-def bayesian_mlp(vi: ModuleType) -> Any:
-    """Build the Bayesian MLP 64-256-256-10 with the given ``vi`` module.
-
-    The result is a ``vi.VISequential`` of whichever library ``vi`` belongs to,
-    hence typed ``Any``.
-    """
-    d_in, h1, h2, d_out = LAYER_SIZES
-    return vi.VISequential(
-        vi.VILinear(d_in, h1),
-        nn.ReLU(),
-        vi.VILinear(h1, h2),
-        nn.ReLU(),
-        vi.VILinear(h2, d_out),
-    )
+# --- the timed steps ----------------------------------------------------------------
 
 
-def deterministic_mlp() -> nn.Sequential:
-    """Build the deterministic ``torch.nn`` MLP of the same shape."""
-    d_in, h1, h2, d_out = LAYER_SIZES
-    return nn.Sequential(
-        nn.Linear(d_in, h1),
-        nn.ReLU(),
-        nn.Linear(h1, h2),
-        nn.ReLU(),
-        nn.Linear(h2, d_out),
-    )
-
-
-def bayesian_train_step(vi: ModuleType, x: Tensor, y: Tensor) -> Step:
+def bayesian_train_step(model: Any, vi: ModuleType, x: Tensor, y: Tensor) -> Step:
     """Return a closure running one variational-inference training step."""
-    model = bayesian_mlp(vi)
     loss_fn = vi.KullbackLeiblerLoss(
         vi.distributions.Categorical(), dataset_size=DATASET_SIZE
     )
@@ -183,9 +375,8 @@ def bayesian_train_step(vi: ModuleType, x: Tensor, y: Tensor) -> Step:
     return step
 
 
-def bayesian_predict_step(vi: ModuleType, x: Tensor) -> Step:
+def bayesian_predict_step(model: Any, x: Tensor) -> Step:
     """Return a closure running one sampled prediction without log probs."""
-    model = bayesian_mlp(vi)
     model.return_log_probs = False
 
     def step() -> None:
@@ -195,9 +386,8 @@ def bayesian_predict_step(vi: ModuleType, x: Tensor) -> Step:
     return step
 
 
-def floor_train_step(x: Tensor, y: Tensor) -> Step:
-    """Return a closure running one cross-entropy step of the deterministic MLP."""
-    model = deterministic_mlp()
+def floor_train_step(model: nn.Module, x: Tensor, y: Tensor) -> Step:
+    """Return a closure running one cross-entropy step of a deterministic network."""
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
 
@@ -210,9 +400,8 @@ def floor_train_step(x: Tensor, y: Tensor) -> Step:
     return step
 
 
-def floor_predict_step(x: Tensor) -> Step:
-    """Return a closure running one forward of the deterministic MLP."""
-    model = deterministic_mlp()
+def floor_predict_step(model: nn.Module, x: Tensor) -> Step:
+    """Return a closure running one forward of a deterministic network."""
 
     def step() -> None:
         with torch.no_grad():
@@ -228,9 +417,11 @@ def warm_up(case: Case, steps: int) -> None:
 
 
 def build_cases(
-    x: Tensor, y: Tensor, warmup: int
+    spec: ModelSpec, x: Tensor, y: Tensor, warmup: int
 ) -> tuple[list[Case], dict[str, str], dict[str, str]]:
     """Build and warm up every case whose library can be imported and run.
+
+    Every case gets a freshly built network.
 
     Returns
     -------
@@ -241,10 +432,15 @@ def build_cases(
     skipped : dict
         Error message per library that was skipped.
     """
-    x_floor, y_floor = x.repeat(SAMPLES, 1), y.repeat(SAMPLES)
+    x_floor = x.repeat(SAMPLES, *(1,) * (x.dim() - 1))
+    y_floor = y.repeat(SAMPLES)
     cases = [
-        Case("train", FLOOR, floor_train_step(x_floor, y_floor)),
-        Case("predict", FLOOR, floor_predict_step(x_floor)),
+        Case(
+            "train",
+            spec.floor,
+            floor_train_step(spec.deterministic(), x_floor, y_floor),
+        ),
+        Case("predict", spec.floor, floor_predict_step(spec.deterministic(), x_floor)),
     ]
     for case in cases:
         warm_up(case, warmup)
@@ -255,8 +451,10 @@ def build_cases(
             package = import_library(library)
             vi = importlib.import_module(f"{library}.vi")
             library_cases = [
-                Case("train", library, bayesian_train_step(vi, x, y)),
-                Case("predict", library, bayesian_predict_step(vi, x)),
+                Case(
+                    "train", library, bayesian_train_step(spec.bayesian(vi), vi, x, y)
+                ),
+                Case("predict", library, bayesian_predict_step(spec.bayesian(vi), x)),
             ]
             for case in library_cases:
                 warm_up(case, max(warmup, 1))  # at least one step: does it run?
@@ -278,7 +476,7 @@ def run_rounds(cases: list[Case], rounds: int, steps: int) -> None:
                 case.times_ms.append((time.perf_counter() - start) * 1e3)
 
 
-def format_table(cases: list[Case]) -> str:
+def format_table(cases: list[Case], floor_name: str) -> str:
     """Format the medians and ratios of all cases as a markdown table."""
     by_key = {(case.task, case.implementation): case for case in cases}
     lines = [
@@ -286,9 +484,9 @@ def format_table(cases: list[Case]) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for task in TASKS:
-        floor = by_key[(task, FLOOR)]
+        floor = by_key[(task, floor_name)]
         reference = by_key.get((task, REFERENCE_LIBRARY))
-        for implementation in (*LIBRARIES, FLOOR):
+        for implementation in (*LIBRARIES, floor_name):
             case = by_key.get((task, implementation))
             if case is None:
                 continue
@@ -306,23 +504,21 @@ def format_table(cases: list[Case]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark and print the header and the result table."""
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+def run_model(spec: ModelSpec, args: argparse.Namespace) -> None:
+    """Benchmark one network and print the header and the result table."""
     torch.manual_seed(args.seed)
+    x = torch.randn(spec.batch_size, *spec.input_shape)
+    y = torch.randint(0, NUM_CLASSES, (spec.batch_size,))
+    cases, versions, skipped = build_cases(spec, x, y, args.warmup)
 
-    x = torch.randn(BATCH_SIZE, LAYER_SIZES[0])
-    y = torch.randint(0, LAYER_SIZES[-1], (BATCH_SIZE,))
-    cases, versions, skipped = build_cases(x, y, args.warmup)
-
-    print("# Step benchmark: Bayesian MLP " + "-".join(map(str, LAYER_SIZES)))
+    print(f"# Step benchmark: {spec.title}")
     print()
     print(f"- machine: {cpu_name()} ({os.cpu_count()} CPUs), {platform.platform()}")
     print(f"- python {platform.python_version()}, torch {torch.__version__}")
     print(f"- torch threads: {torch.get_num_threads()}")
     print(
-        f"- batch {BATCH_SIZE}, samples {SAMPLES}, floor batch {SAMPLES * BATCH_SIZE}"
+        f"- batch {spec.batch_size}, samples {SAMPLES}, "
+        f"floor batch {SAMPLES * spec.batch_size}"
     )
     print(
         f"- {args.rounds} rounds x {args.steps} steps per case "
@@ -335,7 +531,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
 
     run_rounds(cases, args.rounds, args.steps)
-    print(format_table(cases))
+    print(format_table(cases, spec.floor), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark of the chosen network (or of all) and print the tables."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = list(MODELS) if args.all else [args.model]
+    for index, name in enumerate(names):
+        if index:
+            print()
+        run_model(MODELS[name], args)
     return 0
 
 
