@@ -315,3 +315,17 @@ def test_nuts_and_vi_posterior_predictives_agree_on_held_out_points() -> None:
     prior = held_out_log_likelihood(num_samples=80)
     assert nuts > prior + 2 and variational > prior + 2, (nuts, variational, prior)
     assert abs(nuts - variational) < 0.5, (nuts, variational)
+
+
+def test_a_guide_that_misses_weight_sites_is_a_clear_error() -> None:
+    net = mlp()
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+
+    def partial_guide(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        pyro.sample("0.weight", dist.Normal(torch.zeros(8, 4), 1.0).to_event(2))
+
+    svi = SVI(classifier(net, 10), partial_guide, pyro.optim.Adam({}), Trace_ELBO())
+    with pytest.raises(
+        ValueError, match=r"does not sample the weight site\(s\) \['0\.bias'"
+    ):
+        svi.step(x, y)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from pyro.distributions import constraints
 from pyro.infer.predictive import _predictive_vectorize_plate_name
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.plate_messenger import PlateMessenger
+from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import _PYRO_PARAM_STORE, _PYRO_STACK, effectful
 from torch import Tensor
 
@@ -111,3 +112,36 @@ def weight_scope() -> Iterator[int | None]:
     finally:
         for index, frame in hidden:
             _PYRO_STACK.insert(index, frame)
+
+
+def check_replayed(site_names: Iterable[str]) -> None:
+    """Raise if a replayed guide trace misses some of the given sample sites.
+
+    Under SVI (and ``Predictive`` with a guide) the model replays the guide's trace;
+    a weight site the guide does not sample would silently be drawn from its prior at
+    every step and never learned.
+
+    Parameters
+    ----------
+    site_names: Iterable[str]
+        The model's weight sites.
+
+    Raises
+    ------
+    ValueError
+        Naming the sites missing from the replayed trace.
+    """
+    traces = [
+        frame.trace
+        for frame in _PYRO_STACK
+        if isinstance(frame, ReplayMessenger) and frame.trace is not None
+    ]
+    if not traces:
+        return
+    missing = [name for name in site_names if not any(name in t for t in traces)]
+    if missing:
+        raise ValueError(
+            f"the guide does not sample the weight site(s) {missing}: they would be "
+            "drawn from the prior at every step and never learned; sample every "
+            "weight site in the guide (net.guide does) or use an autoguide"
+        )

@@ -29,7 +29,12 @@ from torch import Tensor, nn
 from torch.nn import Parameter, init
 
 from ..guides import sample_from_variational
-from ..poutine.runtime import in_pyro_inference, local_param, weight_scope
+from ..poutine.runtime import (
+    check_replayed,
+    in_pyro_inference,
+    local_param,
+    weight_scope,
+)
 from ..poutine.variational import VariationalMessenger
 from .distributions import (
     MeanFieldNormal,
@@ -552,6 +557,7 @@ class VIModule(PyroModule):
         output leads with the particle dimension.
         """
         sites = self._bind_submodules()
+        check_replayed(sites)
         self._announce_deterministic_parameters(sites)
         context = self.__dict__["_pyro_context"]
         with context:
