@@ -623,12 +623,15 @@ def linear_flipout(
     """
     shared = weight_delta.dim() == 3 and input.stride(0) == 0
     mean = F.linear(input[0] if shared else input, weight_mean)
-    input_signs = torch.empty_like(input).bernoulli_(0.5).mul_(2).sub_(1)
-    perturbation = linear(input * input_signs, weight_delta)
-    output_signs = torch.empty_like(perturbation).bernoulli_(0.5).mul_(2).sub_(1)
-    output = mean + perturbation * output_signs
+    perturbation = linear(input * _random_signs(input), weight_delta)
+    output = mean + perturbation * _random_signs(perturbation)
     if bias is not None:
         if weight_delta.dim() == 3:
             bias = bias.reshape(bias.shape[0], *([1] * (output.dim() - 2)), -1)
         output = output + bias
     return output
+
+
+def _random_signs(like: Tensor) -> Tensor:
+    """Independent signs, +1 or -1 with equal probability, shaped like ``like``."""
+    return torch.empty_like(like).bernoulli_(0.5).mul_(2).sub_(1)

@@ -562,10 +562,7 @@ class VIModule(PyroModule):
         context = self.__dict__["_pyro_context"]
         with context:
             with weight_scope() as num_particles:
-                draws = {
-                    name: getattr(site.module, site.variable)
-                    for name, site in sites.items()
-                }
+                draws = _draw(sites)
             if num_particles is None:
                 return super().__call__(*args, **kwargs)
             for name, value in draws.items():
@@ -607,10 +604,7 @@ class VIModule(PyroModule):
         """
         context = self.__dict__["_pyro_context"]
         with context:
-            draws = {
-                name: getattr(site.module, site.variable)
-                for name, site in self._bind_submodules().items()
-            }
+            draws = _draw(self._bind_submodules())
 
             def forward_one_sample(weights: dict[str, Tensor], *inputs: Any) -> Any:
                 saved = {name: context.cache.get(name) for name in weights}
@@ -631,6 +625,11 @@ class VIModule(PyroModule):
             return torch.vmap(
                 forward_one_sample, in_dims=(0, *in_dims), randomness="different"
             )(draws, *args)
+
+
+def _draw(sites: Mapping[str, RandomVariable]) -> dict[str, Tensor]:
+    """Each site's value in the running call: its ``pyro.sample``, cached by Pyro."""
+    return {name: getattr(site.module, site.variable) for name, site in sites.items()}
 
 
 def _add_pyro_module_state(module: nn.Module) -> None:
