@@ -11,6 +11,7 @@ from .estimators import (
 from .runtime import (
     PARTICLE_PLATES,
     TransparentMessenger,
+    check_replayed,
     in_pyro_inference,
     local_param,
     weight_scope,
@@ -24,6 +25,7 @@ __all__ = [
     "PARTICLE_PLATES",
     "TransparentMessenger",
     "active_estimator",
+    "check_replayed",
     "flipout",
     "VariationalMessenger",
     "VariationalSite",
