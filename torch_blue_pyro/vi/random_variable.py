@@ -17,6 +17,7 @@ from pyro.distributions import TorchDistribution
 from pyro.nn.module import _make_name
 from torch import Tensor
 
+from .distributions.normal import MeanFieldNormal, draw_under_normal_prior
 from .utils.errors import UnsupportedDistributionError
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ class RandomVariable:
             ``(S, *shape)`` samples, their ``(S,)`` log prior and ``(S,)`` log
             variational probabilities.
         """
+        if with_log_probs and self._normal_under_normal_prior():
+            mean, log_std = self.variational_parameters()
+            return draw_under_normal_prior(mean, log_std, self.prior, num_samples)  # type: ignore[arg-type]
         value, log_variational = self.variational_distribution.rsample_with_log_prob(
             self.variational_parameters(), num_samples, with_log_probs
         )
@@ -115,6 +119,13 @@ class RandomVariable:
             return value, None, None
         log_prior = self.prior.log_prob_per_sample(value, self._hyperparameters())
         return value, log_prior, log_variational
+
+    def _normal_under_normal_prior(self) -> bool:
+        """Whether variational distribution and prior are both ``MeanFieldNormal``."""
+        return (
+            type(self.variational_distribution) is MeanFieldNormal
+            and type(self.prior) is MeanFieldNormal
+        )
 
     def sample(self) -> Tensor:
         """One reparameterized draw from the variational distribution."""
@@ -131,8 +142,6 @@ class RandomVariable:
 
     def gaussian_parameters(self) -> tuple[Tensor, Tensor] | None:
         """``(mean, std)`` if the variational distribution is a ``MeanFieldNormal``."""
-        from .distributions import MeanFieldNormal
-
         if type(self.variational_distribution) is not MeanFieldNormal:
             return None
         mean, log_std = self.variational_parameters()
@@ -145,8 +154,6 @@ class RandomVariable:
             \sum \log\frac{\sigma_p}{\sigma_q}
             + \frac{\sigma_q^2 + (\mu_q - \mu_p)^2}{2\sigma_p^2} - \frac12
         """
-        from .distributions import MeanFieldNormal
-
         gaussian = self.gaussian_parameters()
         if gaussian is None or type(self.prior) is not MeanFieldNormal:
             return None

@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
+from torch_blue_pyro.vi import VILinear
 from torch_blue_pyro.vi.distributions import MeanFieldNormal
+from torch_blue_pyro.vi.distributions.normal import draw_under_normal_prior
 from torch_blue_pyro.vi.utils import use_norm_constants
 
 torch_blue_distributions = pytest.importorskip("torch_blue.vi.distributions")
@@ -109,3 +111,64 @@ def test_pyro_forms() -> None:
     mean, log_std = torch.zeros(3, 4), torch.zeros(3, 4)
     guide = MeanFieldNormal().pyro_distribution((mean, log_std))
     assert guide.event_shape == (3, 4) and guide.has_rsample
+
+
+@pytest.mark.parametrize("norm_constants", [False, True])
+@pytest.mark.parametrize("prior_mean", [0.0, 0.3])
+@pytest.mark.parametrize("used", ["all", "log_probs_only", "samples_only"])
+def test_fused_draw_under_normal_prior_equals_autograd(
+    norm_constants: bool, prior_mean: float, used: str
+) -> None:
+    # The fused draw has the values and gradients of drawing with
+    # rsample_with_log_prob and scoring with the prior's log_prob_per_sample.
+    mean = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    log_std = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    variational, prior = MeanFieldNormal(), MeanFieldNormal(mean=prior_mean, std=1.7)
+    num_samples = 5
+    weights = torch.randn(num_samples, 3, 4, dtype=torch.float64)
+    prior_weights, q_weights = torch.randn(2, num_samples, dtype=torch.float64)
+
+    def loss(samples: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor):
+        terms = []
+        if used != "log_probs_only":
+            terms.append((weights * samples.sin()).sum())
+        if used != "samples_only":
+            terms.append((prior_weights * log_p).sum() + (q_weights * log_q).sum())
+        return sum(terms)
+
+    try:
+        use_norm_constants(norm_constants)
+        seed = torch.seed()
+        fused = draw_under_normal_prior(mean, log_std, prior, num_samples)
+        torch.manual_seed(seed)
+        samples, log_q = variational.rsample_with_log_prob(
+            (mean, log_std), num_samples, True
+        )
+        reference = (samples, prior.log_prob_per_sample(samples), log_q)
+    finally:
+        use_norm_constants(False)
+    for got, expected in zip(fused, reference, strict=True):
+        torch.testing.assert_close(got, expected)
+    fused_grads = torch.autograd.grad(loss(*fused), (mean, log_std))
+    reference_grads = torch.autograd.grad(loss(*reference), (mean, log_std))
+    for got, expected in zip(fused_grads, reference_grads, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_layers_use_the_fused_draw_for_normal_under_normal_prior() -> None:
+    # A VILinear's log-probs equal drawing and scoring its weights one by one.
+    torch.manual_seed(0)
+    layer = VILinear(3, 2, prior=MeanFieldNormal(std=0.5))
+    input_ = torch.randn(4, 3)
+    seed = torch.seed()
+    output = layer(input_, samples=6)
+    torch.manual_seed(seed)
+    expected = torch.zeros(6, 2, dtype=output.dtype)
+    for name in ("weight", "bias"):
+        mean, log_std = layer.get_variational_parameters(name)
+        values, log_q = MeanFieldNormal().rsample_with_log_prob(
+            (mean, log_std), 6, True
+        )
+        expected[:, 0] += MeanFieldNormal(std=0.5).log_prob_per_sample(values)
+        expected[:, 1] += log_q
+    torch.testing.assert_close(output.log_probs, expected)
