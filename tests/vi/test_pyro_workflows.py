@@ -89,8 +89,11 @@ def test_vectorized_particles_equal_sequential_ones(name: str) -> None:
     net = point_mass(build()).eval()
     x, y = torch.randn(6, *shape), torch.randint(0, 3, (6,))
     model = classifier(net, 6)
-    sequential = Trace_ELBO(num_particles=4).loss(model, net.guide, x, y)
-    vectorized = Trace_ELBO(num_particles=4, vectorize_particles=True).loss(
+    # Point masses make the likelihood term deterministic; the closed-form KL of
+    # the mean-field ELBO makes the rest deterministic too (a sampled log q of a
+    # point mass still varies with the noise, by about sqrt(n_weights / 2)).
+    sequential = TraceMeanField_ELBO(num_particles=4).loss(model, net.guide, x, y)
+    vectorized = TraceMeanField_ELBO(num_particles=4, vectorize_particles=True).loss(
         model, net.guide, x, y
     )
     assert math.isclose(sequential, vectorized, rel_tol=1e-5)
@@ -308,8 +311,10 @@ def test_nuts_and_vi_posterior_predictives_agree_on_held_out_points() -> None:
     )
     mcmc.run(x, y)
     nuts = held_out_log_likelihood(posterior_samples=mcmc.get_samples())
-    svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 0.03}), Trace_ELBO())
-    for _ in range(600):
+    # The closed-form KL of the mean-field ELBO makes the fit less noisy than a
+    # sampled one; over seeds the held-out value then ranges over about 0.4-0.7.
+    svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 0.03}), TraceMeanField_ELBO())
+    for _ in range(1500):
         svi.step(x, y)
     variational = held_out_log_likelihood(guide=net.guide, num_samples=80)
     prior = held_out_log_likelihood(num_samples=80)
