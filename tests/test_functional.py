@@ -23,6 +23,30 @@ def test_sampled_linear_matches_a_loop_over_samples(
         torch.testing.assert_close(out[s], expected)
 
 
+@pytest.mark.parametrize(("in_features", "out_features"), [(7, 3), (3, 7)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_sampled_linear_gradients_match_a_loop_over_samples(
+    in_features: int, out_features: int, with_bias: bool
+) -> None:
+    # Both layouts of the weight gradient (narrow and wide outputs), in float64.
+    options = {"dtype": torch.float64, "requires_grad": True}
+    x = torch.randn(4, 2, 6, in_features, **options)
+    weight = torch.randn(4, out_features, in_features, **options)
+    bias = torch.randn(4, out_features, **options) if with_bias else None
+    leaves = [t for t in (x, weight, bias) if t is not None]
+    upstream = torch.randn(4, 2, 6, out_features, dtype=torch.float64)
+    got = torch.autograd.grad(
+        (functional.linear(x, weight, bias) * upstream).sum(), leaves
+    )
+    looped = torch.stack(
+        [F.linear(x[s], weight[s], None if bias is None else bias[s]) for s in range(4)]
+    )
+    expected = torch.autograd.grad((looped * upstream).sum(), leaves)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)
+    assert torch.autograd.gradcheck(functional.linear, tuple(leaves))
+
+
 def test_plain_weight_is_torch_linear() -> None:
     x, weight, bias = torch.randn(2, 5), torch.randn(3, 5), torch.randn(3)
     torch.testing.assert_close(
