@@ -626,8 +626,7 @@ def linear_local_reparameterization(
     if num_samples is not None and shared:
         mean = mean.expand(num_samples, *mean.shape)
         variance = variance.expand(num_samples, *variance.shape)
-    noise = torch.randn_like(mean)
-    return torch.addcmul(mean, variance.clamp_min(1e-30).sqrt(), noise)
+    return _normal_sample(mean, variance)
 
 
 def linear_flipout(
@@ -669,6 +668,213 @@ def linear_flipout(
     return output
 
 
-def _random_signs(like: Tensor) -> Tensor:
-    """Independent signs, +1 or -1 with equal probability, shaped like ``like``."""
-    return torch.empty_like(like).bernoulli_(0.5).mul_(2).sub_(1)
+def conv_local_reparameterization(
+    input: Tensor,
+    weight_mean: Tensor,
+    weight_std: Tensor,
+    bias_mean: Tensor | None = None,
+    bias_std: Tensor | None = None,
+    stride: int | tuple[int, ...] = 1,
+    padding: str | int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    num_samples: int | None = None,
+) -> Tensor:
+    r"""Sample a convolution with Gaussian weight and bias from its marginals.
+
+    With :math:`\star` the convolution of the layer (any stride, padding, padding
+    mode, dilation and groups), each output element is drawn from
+
+    .. math::
+        \mathcal N\bigl(x \star \mu_W + \mu_b,\;
+        x^2 \star \sigma_W^2 + \sigma_b^2\bigr),
+
+    independently per sample, example, channel and position: two convolutions, no
+    weight sample. Every output element has the distribution it has under a drawn
+    weight, but the positions of one example, which share the weight, are no longer
+    correlated. Unlike in a linear layer this changes the expected loss where later
+    layers combine positions (pooling, say): local reparameterization of a
+    convolution is an approximation (the usual one, after Kingma, Salimans and
+    Welling, 2015), and :func:`conv_flipout` is the unbiased alternative.
+
+    Parameters
+    ----------
+    input: Tensor
+        ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``; with ``num_samples``,
+        ``(S, N, C_in, *spatial)`` or ``(S, C_in, *spatial)``.
+    weight_mean, weight_std: Tensor
+        ``(C_out, C_in / groups, *kernel_size)``.
+    bias_mean, bias_std: Tensor, optional
+        ``(C_out,)``.
+    stride: int or tuple[int, ...]
+        Step of the kernel.
+    padding: str or int or tuple[int, ...]
+        ``"same"``, ``"valid"``, or the padding added on both sides.
+    dilation: int or tuple[int, ...]
+        Spacing between the kernel's taps.
+    groups: int
+        Number of blocked connections from input to output channels.
+    padding_mode: str
+        ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+    num_samples: int, optional
+        ``S``: the input leads with the sample dimension. A stride-0 (shared) input
+        is convolved once, a per-sample one with the samples folded into the batch.
+
+    Returns
+    -------
+    Tensor
+        ``(N, C_out, *spatial_out)`` or ``(C_out, *spatial_out)``, after ``S`` with
+        ``num_samples``.
+    """
+    dims = weight_mean.dim() - 2
+    arguments = (stride, padding, dilation, groups, padding_mode)
+    batch, layout = _fold_samples(input, dims, num_samples)
+    bias_variance = None if bias_std is None else bias_std.square()
+    mean = _convolution(dims, batch, weight_mean, bias_mean, *arguments)
+    variance = _convolution(
+        dims, batch.square(), weight_std.square(), bias_variance, *arguments
+    )
+    return _normal_sample(
+        _unfold_samples(mean, layout, num_samples),
+        _unfold_samples(variance, layout, num_samples),
+    )
+
+
+def conv_flipout(
+    input: Tensor,
+    weight_mean: Tensor,
+    weight_delta: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, ...] = 1,
+    padding: str | int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> Tensor:
+    r"""Flipout for a convolution: one shared perturbation, flipped per example.
+
+    The output is :math:`x \star \mu + ((x \circ r) \star \Delta) \circ c + b`,
+    with :math:`\star` the convolution of the layer (any stride, padding, padding
+    mode, dilation and groups). ``weight_delta`` is a perturbation of the mean
+    drawn once (per sample). Each example draws random signs
+    :math:`r \in \{\pm1\}^{C_{in}}` per input channel and
+    :math:`c \in \{\pm1\}^{C_{out}}` per output channel, each shared by all
+    positions, as in Wen et al. (2018) and TensorFlow Probability (bayesian-torch
+    draws them per position instead). Then
+
+    .. math::
+        ((x \circ r) \star \Delta) \circ c = x \star (\Delta \circ c\, r^\top),
+
+    where :math:`c\, r^\top` flips the sign of the filter taps of output channel
+    :math:`o` and input channel :math:`i` by :math:`c_o r_i`. Each example's output
+    is therefore exactly the convolution with the weight
+    :math:`\mu + \Delta \circ c\, r^\top`, which is distributed as the drawn weight
+    when :math:`\Delta` is symmetric about 0 with independent elements (a
+    mean-field Gaussian): the estimator is unbiased, and the perturbations of
+    different examples are uncorrelated. (Signs per position would give each
+    position its own weight, which is not a convolution with one draw.)
+
+    Parameters
+    ----------
+    input: Tensor
+        ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``; with a stacked
+        ``weight_delta``, ``(S, N, C_in, *spatial)`` or ``(S, C_in, *spatial)``.
+    weight_mean: Tensor
+        ``(C_out, C_in / groups, *kernel_size)``.
+    weight_delta: Tensor
+        Shaped like ``weight_mean``, or ``(S, C_out, C_in / groups, *kernel_size)``:
+        one perturbation per sample.
+    bias: Tensor, optional
+        The drawn bias, ``(C_out,)``, or ``(S, C_out)`` with a stacked
+        ``weight_delta``.
+    stride: int or tuple[int, ...]
+        Step of the kernel.
+    padding: str or int or tuple[int, ...]
+        ``"same"``, ``"valid"``, or the padding added on both sides.
+    dilation: int or tuple[int, ...]
+        Spacing between the kernel's taps.
+    groups: int
+        Number of blocked connections from input to output channels.
+    padding_mode: str
+        ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+
+    Returns
+    -------
+    Tensor
+        ``(N, C_out, *spatial_out)`` or ``(C_out, *spatial_out)``, after ``S`` with a
+        stacked ``weight_delta``.
+    """
+    dims = weight_mean.dim() - 2
+    arguments = (stride, padding, dilation, groups, padding_mode)
+    stacked = weight_delta.dim() == dims + 3
+    num_samples = weight_delta.shape[0] if stacked else None
+    batch, layout = _fold_samples(input, dims, num_samples)
+    mean = _convolution(dims, batch, weight_mean, None, *arguments)
+    mean = _unfold_samples(mean, layout, num_samples)
+    if stacked and input.dim() == dims + 3:
+        # Signs drawn in (N, S, ...) order: the flipped input is laid out as the
+        # grouped convolution of the samples reads it, (N, S * C_in, ...), no copy.
+        examples_first = input.transpose(0, 1)
+        flipped = (examples_first * _random_signs(examples_first, dims)).transpose(0, 1)
+    else:
+        flipped = input * _random_signs(input, dims)
+    perturbation = _convolution(dims, flipped, weight_delta, None, *arguments)
+    if bias is not None:
+        between = perturbation.dim() - dims - bias.dim()
+        mean = mean + bias.reshape(
+            *bias.shape[:-1], *([1] * between), bias.shape[-1], *([1] * dims)
+        )
+    return torch.addcmul(mean, perturbation, _random_signs(perturbation, dims))
+
+
+def _fold_samples(
+    input: Tensor, dims: int, num_samples: int | None
+) -> tuple[Tensor, str]:
+    """The batch that a weight shared by all samples convolves, and its layout.
+
+    Without ``num_samples`` the input is the batch (``"plain"``). With it, a
+    stride-0 (shared) input is convolved once (``"shared"``), a per-sample batched
+    one ``(S, N, C, *spatial)`` with the samples folded into the batch
+    (``"folded"``), and an unbatched ``(S, C, *spatial)`` one treats the samples as
+    the batch (``"plain"``). :func:`_unfold_samples` restores the sample dimension.
+    """
+    if num_samples is None:
+        return input, "plain"
+    if input.stride(0) == 0:
+        return input[0], "shared"
+    if input.dim() == dims + 3:
+        return input.flatten(0, 1), "folded"
+    return input, "plain"
+
+
+def _unfold_samples(output: Tensor, layout: str, num_samples: int | None) -> Tensor:
+    """The output of the batch of :func:`_fold_samples`, with the sample dimension."""
+    if num_samples is None:
+        return output
+    if layout == "shared":
+        return output.expand(num_samples, *output.shape)
+    if layout == "folded":
+        return output.unflatten(0, (num_samples, -1))
+    return output
+
+
+def _normal_sample(mean: Tensor, variance: Tensor) -> Tensor:
+    r"""One draw of :math:`\mathcal N(\mu, \sigma^2)` per element, reparameterized.
+
+    The variance is clamped to at least :math:`10^{-30}` so that the square root
+    stays differentiable where it is 0 (an input of zeros, say).
+    """
+    noise = torch.randn_like(mean)
+    return torch.addcmul(mean, variance.clamp_min(1e-30).sqrt(), noise)
+
+
+def _random_signs(like: Tensor, broadcast_dims: int = 0) -> Tensor:
+    """Independent signs, +1 or -1 with equal probability, shaped like ``like``.
+
+    The last ``broadcast_dims`` dimensions have size 1: a convolution's signs are
+    shared by the positions.
+    """
+    shape = like.shape[: like.dim() - broadcast_dims] + (1,) * broadcast_dims
+    # random_(0, 2) draws 0 or 1 exactly; several times faster than bernoulli_(0.5).
+    return like.new_empty(shape).random_(0, 2).mul_(2).sub_(1)

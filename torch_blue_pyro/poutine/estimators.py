@@ -1,24 +1,37 @@
 r"""Gradient estimators as effect handlers: local reparameterization and Flipout.
 
-Inside ``with local_reparameterization():`` or ``with flipout():`` the Linear layers
-compute their outputs with that estimator instead of plain weight sampling, in both
-modes:
+Inside ``with local_reparameterization():`` or ``with flipout():`` the Linear and
+convolution layers (``VILinear``, ``VIConv1d/2d/3d``) compute their outputs with
+that estimator instead of plain weight sampling, in both modes. Write
+:math:`\star` for the layer's operation (the matrix product :math:`x W^\top` or
+the convolution, with its stride, padding, dilation and groups).
 
 * **torch_blue mode** (``model(x, samples=S)``): the layer uses its own Gaussian
   variational parameters. Local reparameterization (Kingma et al., 2015) samples
-  the pre-activations :math:`z \sim \mathcal N(x\mu^\top + \mu_b, x^2 (\sigma^2)^\top +
-  \sigma_b^2)` directly, so no weight is drawn; the KL term of the output's
-  ``log_probs`` is then the closed-form :math:`\mathrm{KL}(q\,\|\,p)` (the log prior
-  column holds :math:`-\mathrm{KL}`, the log variational column 0), which requires
-  a ``MeanFieldNormal`` prior. Flipout (Wen et al., 2018) draws one weight
-  perturbation :math:`\Delta_s = w_s - \mu` per sample and decorrelates the
-  examples of a batch with random signs,
-  :math:`z = x\mu^\top + ((x \circ r)\Delta_s^\top) \circ c + b_s`; its log-probs are
-  those of the drawn weights.
+  each output element from its marginal
+  :math:`\mathcal N(x \star \mu + \mu_b,\ x^2 \star \sigma^2 + \sigma_b^2)`
+  directly, so no weight is drawn; the KL term of the output's ``log_probs`` is
+  then the closed-form :math:`\mathrm{KL}(q\,\|\,p)` (the log prior column holds
+  :math:`-\mathrm{KL}`, the log variational column 0), which requires a
+  ``MeanFieldNormal`` prior. For a Linear layer the expected loss is unchanged;
+  for a convolution the estimator also drops the correlation between the
+  positions of an example, which share the weight, and is an approximation (see
+  :func:`~torch_blue_pyro.functional.conv_local_reparameterization`).
+  Flipout (Wen et al., 2018) draws one weight perturbation
+  :math:`\Delta_s = w_s - \mu` per sample and decorrelates the examples of a batch
+  with random signs, :math:`z = x \star \mu + ((x \circ r) \star \Delta_s) \circ c
+  + b_s`: per feature for a Linear layer, per channel (shared by the positions)
+  for a convolution, so that every example sees one weight distributed as the
+  drawn one. Its log-probs are those of the drawn weights.
 * **Pyro mode** (SVI with ``model.guide``): the guide's draws carry their Gaussian's
   location and scale; the layers use them as above. The ELBO still scores the drawn
   weights, which keeps it unbiased. Draws of other guides (autoguides) are not
   marked, and the layers fall back to the plain estimator.
+
+A layer also falls back to plain sampling where its variational distribution is
+not a ``MeanFieldNormal``, under local reparameterization in torch_blue mode where
+its prior is not one, and under Pyro's vectorized particles. The layers' side is
+:func:`torch_blue_pyro.vi.estimated.estimated_forward`.
 
 The handlers are :class:`~torch_blue_pyro.poutine.TransparentMessenger` s: they
 keep a model in its mode. Which estimator is active is kept per thread.
@@ -78,23 +91,53 @@ class FlipoutMessenger(EstimatorMessenger):
 
 
 def local_reparameterization() -> LocalReparameterizationMessenger:
-    """Handler: Linear layers use the local reparameterization trick.
+    r"""Handler: Linear and convolution layers use the local reparameterization trick.
+
+    Each output element is drawn from
+    :math:`\mathcal N(x \star \mu + \mu_b,\ x^2 \star \sigma^2 + \sigma_b^2)` (see
+    :func:`~torch_blue_pyro.functional.linear_local_reparameterization` and
+    :func:`~torch_blue_pyro.functional.conv_local_reparameterization`), and in
+    torch_blue mode the KL term is the closed form.
 
     Returns
     -------
     LocalReparameterizationMessenger
         Use as a context manager.
+
+    Examples
+    --------
+    >>> from torch_blue_pyro import vi
+    >>> model = vi.VISequential(vi.VIConv1d(2, 4, 3), torch.nn.ReLU())
+    >>> with local_reparameterization():
+    ...     out = model(torch.randn(8, 2, 10), samples=5)
+    >>> out.shape
+    torch.Size([5, 8, 4, 8])
     """
     return LocalReparameterizationMessenger()
 
 
 def flipout() -> FlipoutMessenger:
-    """Handler: Linear layers use Flipout.
+    r"""Handler: Linear and convolution layers use Flipout.
+
+    One perturbation :math:`\Delta` of the weight mean is drawn per sample and
+    flipped by random signs per example (per input and output channel of a
+    convolution, shared by the positions); see
+    :func:`~torch_blue_pyro.functional.linear_flipout` and
+    :func:`~torch_blue_pyro.functional.conv_flipout`.
 
     Returns
     -------
     FlipoutMessenger
         Use as a context manager.
+
+    Examples
+    --------
+    >>> from torch_blue_pyro import vi
+    >>> layer = vi.VIConv2d(3, 8, 3, padding="same")
+    >>> with flipout():
+    ...     out = layer(torch.randn(16, 3, 12, 12), samples=4)
+    >>> out.shape, out.log_probs.shape
+    (torch.Size([4, 16, 8, 12, 12]), torch.Size([4, 2]))
     """
     return FlipoutMessenger()
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from functools import partial
+from typing import Any, ClassVar, TypedDict
 
 import torch
 from torch import Tensor
 
 from .. import functional
 from ..functional import _pad_widths
-from .base import VIModule
+from .base import VIModule, current_num_samples
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
+from .estimated import estimated_forward
 from .utils.checks import check_input_matches, positive_int
 
 _PADDING_STRINGS = ("same", "valid")
@@ -23,6 +25,16 @@ _FUNCTIONAL: dict[int, Callable[..., Tensor]] = {
     2: functional.conv2d,
     3: functional.conv3d,
 }
+
+
+class _ConvArguments(TypedDict):
+    """The keyword arguments of a convolution besides input, weight and bias."""
+
+    stride: tuple[int, ...]
+    padding: str | tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    padding_mode: str
 
 
 class _VIConvNd(VIModule):
@@ -137,6 +149,10 @@ class _VIConvNd(VIModule):
     def forward(self, input_: Tensor) -> Tensor:
         """Convolve ``input_`` with the current draw of weight and bias.
 
+        Under :func:`~torch_blue_pyro.poutine.local_reparameterization` or
+        :func:`~torch_blue_pyro.poutine.flipout` the output is drawn by that
+        estimator instead (see ``torch_blue_pyro.poutine.estimators``).
+
         Parameters
         ----------
         input_: Tensor
@@ -162,11 +178,11 @@ class _VIConvNd(VIModule):
             raise TypeError(
                 f"{name} expects a tensor input, got {type(input_).__name__}"
             )
-        weight = self.weight
         dims = self._dims
         # In torch_blue mode the input carries the sample dimension; check and report
         # the shape the user passed.
-        shape = tuple(input_.shape[weight.dim() - dims - 2 :])
+        num_samples = current_num_samples()
+        shape = tuple(input_.shape[0 if num_samples is None else 1 :])
         if (
             len(shape) not in (dims + 1, dims + 2)
             or shape[-dims - 1] != self.in_channels
@@ -177,17 +193,28 @@ class _VIConvNd(VIModule):
                 f"(N, {self.in_channels}, {spatial}) or ({self.in_channels}, "
                 f"{spatial}), got {shape}"
             )
-        check_input_matches(name, "input", input_, weight)
-        return _FUNCTIONAL[dims](
-            input_,
-            weight,
-            self.bias,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            self.padding_mode,
+        reference = self.get_variational_parameters("weight")[0]
+        check_input_matches(name, "input", input_, reference)
+        arguments = _ConvArguments(
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding_mode=self.padding_mode,
         )
+        output = estimated_forward(
+            self,
+            partial(
+                functional.conv_local_reparameterization,
+                input_,
+                num_samples=num_samples,
+                **arguments,
+            ),
+            partial(functional.conv_flipout, input_, **arguments),
+        )
+        if output is not None:
+            return output
+        return _FUNCTIONAL[dims](input_, self.weight, self.bias, **arguments)
 
     def extra_repr(self) -> str:
         """Describe the layer as ``nn.Conv2d`` does."""

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from .. import functional
-from ..poutine.estimators import active_estimator, gaussian_of
-from ..poutine.runtime import in_pyro_inference
-from ..poutine.variational import active_sampler
 from .base import VIModule, current_num_samples
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
-from .random_variable import RandomVariable
+from .estimated import estimated_forward
 from .utils.checks import check_input_matches, positive_int
 
 
@@ -104,6 +102,10 @@ class VILinear(VIModule):
     def forward(self, input_: Tensor) -> Tensor:
         r"""Apply the layer with the current draw of weight and bias.
 
+        Under :func:`~torch_blue_pyro.poutine.local_reparameterization` or
+        :func:`~torch_blue_pyro.poutine.flipout` the output is drawn by that
+        estimator instead (see ``torch_blue_pyro.poutine.estimators``).
+
         Parameters
         ----------
         input_: Tensor
@@ -136,49 +138,18 @@ class VILinear(VIModule):
             )
         reference = self.get_variational_parameters("weight")[0]
         check_input_matches("VILinear", "input", input_, reference)
-        estimator = active_estimator()
-        if estimator is not None:
-            output = self._estimated_forward(estimator, input_, num_samples)
-            if output is not None:
-                return output
-        return functional.linear(input_, self.weight, self.bias)
-
-    def _estimated_forward(
-        self, estimator: str, input_: Tensor, num_samples: int | None
-    ) -> Tensor | None:
-        """The output under an estimator handler, or ``None`` where it cannot apply.
-
-        See :mod:`torch_blue_pyro.poutine.estimators`. In torch_blue mode the layer's
-        own Gaussian parameters are used; in Pyro mode those that ``model.guide``
-        drew the weights from (not available under vectorized particles).
-        """
-        sites = [RandomVariable(self, name) for name in self._present_variables()]
-        drawn: list[Tensor] | None = None
-        if in_pyro_inference():
-            if num_samples is not None:
-                return None
-            drawn = [getattr(self, site.variable) for site in sites]
-            found = [gaussian_of(value) for value in drawn]
-        else:
-            found = [site.gaussian_parameters() for site in sites]
-        gaussians = [gaussian for gaussian in found if gaussian is not None]
-        if len(gaussians) < len(sites):
-            return None
-        (weight_mean, weight_std), *bias_gaussian = gaussians
-        bias_mean, bias_std = bias_gaussian[0] if bias_gaussian else (None, None)
-        if estimator == "local_reparameterization":
-            if drawn is None and not _record_closed_form_kl(sites):
-                return None
-            return functional.linear_local_reparameterization(
-                input_, weight_mean, weight_std, bias_mean, bias_std, num_samples
-            )
-        if drawn is None:
-            drawn = [getattr(self, site.variable) for site in sites]
-        weight, *bias = drawn
-        delta = weight - weight_mean
-        return functional.linear_flipout(
-            input_, weight_mean, delta, bias[0] if bias else None
+        output = estimated_forward(
+            self,
+            partial(
+                functional.linear_local_reparameterization,
+                input_,
+                num_samples=num_samples,
+            ),
+            partial(functional.linear_flipout, input_),
         )
+        if output is not None:
+            return output
+        return functional.linear(input_, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         """Describe the layer's sizes, as ``nn.Linear`` does."""
@@ -187,23 +158,3 @@ class VILinear(VIModule):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={bias}"
         )
-
-
-def _record_closed_form_kl(sites: list[RandomVariable]) -> bool:
-    r"""Put the closed-form KL of ``sites`` into the sampler's log-probs.
-
-    Local reparameterization draws no weight, so the KL term is exact instead: the
-    log prior column receives :math:`-\mathrm{KL}` and the log variational column 0,
-    which :class:`~torch_blue_pyro.vi.KullbackLeiblerLoss` turns into
-    :math:`\mathrm{KL}`. Returns ``False`` (recording nothing) unless every site
-    has normal variational distribution and prior.
-    """
-    kls = [site.closed_form_kl() for site in sites]
-    present = [kl for kl in kls if kl is not None]
-    if len(present) < len(kls):
-        return False
-    sampler = active_sampler()
-    if sampler is not None:
-        kl = torch.stack(present).sum()
-        sampler.record(-kl, torch.zeros_like(kl))
-    return True
