@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ from torch_blue_pyro import vi
 from torch_blue_pyro.vi.distributions import (
     BasicQuietPrior,
     Categorical,
+    Horseshoe,
     MeanFieldNormal,
     MeanFieldStudentT,
+    PyroPrior,
     UniformPrior,
 )
 from torch_blue_pyro.vi.utils import NoVariablesError, UnsupportedDistributionError
@@ -99,6 +102,33 @@ def pyro_step(inputs: Tensor, target: Tensor) -> float:
     svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
     with pyro.validation_enabled(True):  # Pyro's default; the errors below are its
         return svi.step(inputs, target)
+
+
+def prior_set_later() -> Tensor:
+    """A prior of the wrong shape, set after the layer was built (unchecked)."""
+    net = vi.VISequential(linear())
+    net[0].prior["bias"] = PyroPrior(dist.Normal(torch.zeros(5), 1.0))
+    return net(x(), samples=2)
+
+
+def vectorized_loss(outer: bool, max_plate_nesting: int) -> float:
+    """A vectorized ELBO of an MLP inside a data plate (and an outer one at -2)."""
+    net = mlp()
+
+    def model(inputs: Tensor) -> None:
+        with ExitStack() as plates:
+            if outer:
+                plates.enter_context(pyro.plate("outer", 1, dim=-2))
+            plates.enter_context(pyro.plate("data", 5))
+            logits = net(inputs)
+            pyro.sample("obs", dist.Categorical(logits=logits))
+
+    elbo = Trace_ELBO(
+        num_particles=3,
+        vectorize_particles=True,
+        max_plate_nesting=max_plate_nesting,
+    )
+    return elbo.loss(model, net.guide, x())
 
 
 def load(model: nn.Module, state: dict[str, Tensor], strict: bool = True) -> Any:
@@ -514,6 +544,45 @@ CASES: dict[str, tuple[Callable[[], Any], type[BaseException], str]] = {
         lambda: vi.VITransformerEncoderLayer(8, 2, prior=[MeanFieldNormal()] * 3),
         TypeError,
         "VITransformerEncoderLayer takes one prior for all its layers, got a list",
+    ),
+    # --- priors and plates
+    "pyro-prior-batch-shape": (
+        lambda: vi.VILinear(4, 3, prior=dist.Normal(torch.zeros(5), 1.0)),
+        ValueError,
+        r"the prior Normal\(.*\) of VILinear's random variable 'weight' has batch "
+        r"shape \(5,\), which does not broadcast to the variable's shape \(3, 4\)",
+    ),
+    "pyro-prior-event-shape": (
+        lambda: vi.VILinear(4, 3, prior=dist.Normal(torch.zeros(4), 1.0).to_event(1)),
+        ValueError,
+        r"of VILinear's random variable 'bias' has event shape \(4,\), which is not "
+        r"the trailing dimensions of the variable's shape \(3,\)",
+    ),
+    "pyro-prior-set-later": (
+        prior_set_later,
+        ValueError,
+        r"of site '0\.bias' has batch shape \(5,\), which does not broadcast to the "
+        r"variable's shape \(3,\)",
+    ),
+    "horseshoe-global-scale": (
+        lambda: Horseshoe(global_scale=-1.0),
+        ValueError,
+        "global_scale must be a positive finite number, got -1.0",
+    ),
+    "max-plate-nesting-too-small": (
+        lambda: vectorized_loss(outer=False, max_plate_nesting=0),
+        ValueError,
+        r"plate 'data' around the network with sites '0\.weight', '0\.bias', "
+        r"\.\.\. is at dim=-2, left of the vectorized particle plate "
+        r"'num_particles_vectorized' \(dim=-1\): max_plate_nesting=0 is too small "
+        r"for the plates around the network; set it to at least 1",
+    ),
+    "particles-on-a-data-plate": (
+        lambda: vectorized_loss(outer=True, max_plate_nesting=2),
+        ValueError,
+        r"the particles would land at dim=-2, on plate 'outer' \(size 1\), instead "
+        r"of at dim=-3. Give the input 2 batch dimension\(s\), one per plate dim "
+        r"\(shape \(1, 5, 4\)\)",
     ),
     # --- no random variables where one is needed
     "no-variables-sample": (

@@ -41,9 +41,12 @@ def sample_from_variational(sites: Iterable[GuideSite]) -> dict[str, Tensor]:
     A site whose prior is hierarchical first draws the prior's hyper-sites from
     their guide distributions (for
     :class:`~torch_blue_pyro.vi.distributions.BasicQuietPrior`, a point mass at the
-    layer's variational mean). The variational parameters are announced with
-    :func:`~torch_blue_pyro.poutine.local_param`, so an optimizer driven by Pyro (e.g.
-    :class:`pyro.infer.SVI`) updates the layers' own ``nn.Parameter`` s.
+    layer's variational mean; for a
+    :class:`~torch_blue_pyro.vi.distributions.HierarchicalPrior`, the variational
+    factors the layer learns). The variational parameters (the factors' too) are
+    announced with :func:`~torch_blue_pyro.poutine.local_param`, so an optimizer
+    driven by Pyro (e.g. :class:`pyro.infer.SVI`) updates the layers' own
+    ``nn.Parameter`` s.
 
     Parameters
     ----------

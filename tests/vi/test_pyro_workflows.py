@@ -267,14 +267,66 @@ def test_scale_mixture_prior_trains_with_the_guide() -> None:
     assert sum(losses[-20:]) < 0.2 * sum(losses[:20])
 
 
-def test_pyro_prior_with_a_wrong_shape_names_the_problem() -> None:
-    with pytest.raises(ValueError, match="empty event_shape"):
-        vi.VILinear(3, 2, prior=dist.Normal(torch.zeros(3), 1.0).to_event(1))
-    layer = vi.VILinear(3, 2, prior=dist.Normal(torch.zeros(5), 1.0))
-    with pytest.raises(ValueError, match=r"does not broadcast to the variable's shape"):
-        poutine.trace(layer).get_trace(torch.randn(4, 3))
+@pytest.mark.parametrize(
+    ("prior", "message"),
+    [
+        (
+            dist.Normal(torch.zeros(5), 1.0),
+            r"random variable 'weight' has batch shape \(5,\), which does not "
+            r"broadcast to the variable's shape \(2, 3\)",
+        ),
+        (
+            dist.Normal(torch.zeros(4, 2, 3), 1.0),
+            r"'weight' has batch shape \(4, 2, 3\), which does not broadcast to the "
+            r"variable's shape \(2, 3\)",
+        ),
+        (
+            # Fits the weight's rows, not the bias.
+            dist.Normal(torch.zeros(3), 1.0).to_event(1),
+            r"random variable 'bias' has event shape \(3,\), which is not the "
+            r"trailing dimensions of the variable's shape \(2,\)",
+        ),
+    ],
+)
+def test_pyro_prior_with_a_wrong_shape_fails_when_the_layer_is_built(
+    prior, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        vi.VILinear(3, 2, prior=prior)
+
+
+def test_pyro_prior_with_a_wrong_shape_set_later_names_the_site() -> None:
+    net = vi.VISequential(vi.VILinear(3, 2))
+    net[0].prior["bias"] = PyroPrior(dist.Normal(torch.zeros(5), 1.0))
+    message = (
+        r"of site '0\.bias' has batch shape \(5,\), which does not broadcast to the "
+        r"variable's shape \(2,\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        poutine.trace(net).get_trace(torch.randn(4, 3))
+    with pytest.raises(ValueError, match=message):
+        net(torch.randn(4, 3), samples=2)
     with pytest.raises(TypeError, match=r"PyroPrior takes a pyro\.distributions"):
         PyroPrior(MeanFieldNormal())
+
+
+def test_pyro_prior_with_an_event_shape_on_the_trailing_dims(recorder) -> None:
+    """A multivariate normal on each row of the weight, in both modes."""
+    covariance = 0.5 * torch.eye(3) + 0.1
+    rows = dist.MultivariateNormal(torch.zeros(3), covariance)
+    layer = vi.VILinear(3, 2, prior=[rows, dist.Laplace(0.0, 1.0)])
+    with recorder:
+        out = layer(torch.randn(4, 3), samples=5)
+    weight, bias = recorder.values["weight"], recorder.values["bias"]
+    expected = rows.log_prob(weight).sum(-1) + dist.Laplace(0.0, 1.0).log_prob(
+        bias
+    ).sum(-1)
+    torch.testing.assert_close(out.log_probs[:, 0], expected)
+    site = poutine.trace(layer).get_trace(torch.randn(4, 3)).nodes["weight"]
+    assert site["fn"].event_shape == (2, 3) and site["fn"].batch_shape == ()
+    torch.testing.assert_close(
+        site["fn"].log_prob(site["value"]), rows.log_prob(site["value"]).sum()
+    )
 
 
 def test_nuts_and_vi_posterior_predictives_agree_on_held_out_points() -> None:
@@ -334,3 +386,123 @@ def test_a_guide_that_misses_weight_sites_is_a_clear_error() -> None:
         ValueError, match=r"does not sample the weight site\(s\) \['0\.bias'"
     ):
         svi.step(x, y)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
+def test_nuts_with_a_jit_compiled_potential() -> None:
+    """The priors are built from the parameters' dtype and device only: no parameter
+    (which requires grad) is captured as a constant of the traced program."""
+    net = vi.VISequential(vi.VILinear(1, 2), nn.Tanh(), vi.VILinear(2, 1))
+    x = torch.linspace(-1, 1, 8)[:, None]
+    y = torch.sin(2 * x).squeeze(-1)
+
+    def model(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        mean = net(x).squeeze(-1)
+        with pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(mean, 0.1), obs=y)
+
+    kernel = NUTS(model, jit_compile=True, ignore_jit_warnings=True, max_tree_depth=4)
+    mcmc = MCMC(kernel, num_samples=20, warmup_steps=20, disable_progbar=True)
+    mcmc.run(x, y)
+    samples = mcmc.get_samples()
+    assert samples["0.weight"].shape == (20, 2, 1)
+    assert samples["2.bias"].shape == (20, 1)
+    assert all(torch.isfinite(value).all() for value in samples.values())
+
+
+def nested_classifier(net: vi.VIModule):
+    """A model with an outer plate of size 1 at dim=-2 around the data plate."""
+
+    def model(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        with pyro.plate("outer", 1, dim=-2), pyro.plate("data", 10, dim=-1):
+            logits = net(x)
+            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
+        return logits
+
+    return model
+
+
+def test_a_plate_at_dim_minus_one_leaves_the_weights_alone() -> None:
+    """The layers need no plate dims: their sites are drawn outside the data plates,
+    so a data plate at dim=-1 around a network with a feature dim does not clash,
+    with or without vectorized particles."""
+    net = mlp()
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    model = classifier(net, 10)
+    for elbo in (
+        Trace_ELBO(max_plate_nesting=1),
+        Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
+    ):
+        assert math.isfinite(elbo.loss(model, net.guide, x, y))
+    trace = poutine.trace(model).get_trace(x, y)
+    assert trace.nodes["0.weight"]["cond_indep_stack"] == ()
+
+
+def test_max_plate_nesting_too_small_is_a_clear_error() -> None:
+    net = mlp()
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    vectorized = Trace_ELBO(
+        num_particles=3, vectorize_particles=True, max_plate_nesting=0
+    )
+    # Pyro puts the data plate (no explicit dim) left of the particles, at dim=-2;
+    # it would report a shape mismatch at "obs".
+    with pytest.raises(
+        ValueError,
+        match=r"plate 'data' around the network with sites '0\.weight', '0\.bias', "
+        r"\.\.\. is at dim=-2, left of the vectorized particle plate "
+        r"'num_particles_vectorized' \(dim=-1\): max_plate_nesting=0 is too small",
+    ):
+        vectorized.loss(classifier(net, 10), net.guide, x, y)
+
+    def explicit(x: torch.Tensor, y: torch.Tensor) -> None:
+        with pyro.plate("data", 10, dim=-1):
+            pyro.sample("obs", dist.Categorical(logits=net(x)), obs=y)
+
+    # With an explicit dim, Pyro's own error names both plates.
+    with pytest.raises(
+        ValueError, match='plates "data" and "num_particles_vectorized", collide'
+    ):
+        vectorized.loss(explicit, net.guide, x, y)
+    with pytest.raises(ValueError, match="increasing max_plate_nesting to at least 2"):
+        Trace_ELBO(max_plate_nesting=1).loss(nested_classifier(net), net.guide, x, y)
+
+
+def test_a_user_plate_at_the_particle_dim_is_pyros_own_clear_error() -> None:
+    net = mlp()
+    x, y = torch.randn(10, 1, 4), torch.randint(0, 3, (10, 1))
+
+    def model(x: torch.Tensor, y: torch.Tensor) -> None:
+        with pyro.plate("data", 10, dim=-2):
+            pyro.sample("obs", dist.Categorical(logits=net(x)), obs=y)
+
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    with pytest.raises(
+        ValueError, match='plates "data" and "num_particles_vectorized", collide'
+    ):
+        elbo.loss(model, net.guide, x, y)
+
+
+def test_particles_that_would_land_on_a_data_plate_are_a_clear_error() -> None:
+    """With an outer plate the particle plate sits at dim=-3, but an input with one
+    batch dim puts the output's leading particle dim at -2, on the outer plate:
+    Pyro would report a shape mismatch at "obs"; the network names the plates."""
+    net = mlp()
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    model = nested_classifier(net)
+    message = (
+        r"sites '0\.weight', '0\.bias', \.\.\. is called inside plate\(s\) 'outer' "
+        r"\(dim=-2, size 1\), 'data' \(dim=-1, size 10\) under the vectorized "
+        r"particle plate '.*' \(dim=-3, .*would land at dim=-2, on plate 'outer' "
+        r"\(size 1\).* \(shape \(1, 10, 4\)\)"
+    )
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True)
+    with pytest.raises(ValueError, match=message):
+        elbo.loss(model, net.guide, x, y)
+    with pytest.raises(ValueError, match=message):
+        Predictive(model, guide=net.guide, num_samples=3, parallel=True)(x)
+    # One batch dim per plate dim, as the message says, works.
+    assert math.isfinite(elbo.loss(model, net.guide, x[None], y))
+    logits = Predictive(
+        model, guide=net.guide, num_samples=3, parallel=True, return_sites=["_RETURN"]
+    )(x[None])["_RETURN"]
+    assert logits.shape == (3, 1, 10, 3)

@@ -11,6 +11,7 @@ from .estimators import (
 from .runtime import (
     PARTICLE_PLATES,
     TransparentMessenger,
+    check_particles_align,
     check_replayed,
     in_pyro_inference,
     local_param,
@@ -25,6 +26,7 @@ __all__ = [
     "PARTICLE_PLATES",
     "TransparentMessenger",
     "active_estimator",
+    "check_particles_align",
     "check_replayed",
     "flipout",
     "VariationalMessenger",

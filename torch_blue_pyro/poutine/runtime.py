@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from pyro.distributions import constraints
 from pyro.infer.predictive import _predictive_vectorize_plate_name
@@ -112,6 +113,106 @@ def weight_scope() -> Iterator[int | None]:
     finally:
         for index, frame in hidden:
             _PYRO_STACK.insert(index, frame)
+
+
+class _Plate(NamedTuple):
+    name: str
+    dim: int
+    size: int
+
+
+def _active_plates() -> tuple[list[_Plate], list[_Plate]]:
+    """The particle plates and the other plates on the stack, outermost first."""
+    particle: list[_Plate] = []
+    other: list[_Plate] = []
+    for frame in _PYRO_STACK:
+        if isinstance(frame, PlateMessenger) and frame.dim is not None:
+            plate = _Plate(frame.name, frame.dim, frame.subsample_size)
+            (particle if frame.name in PARTICLE_PLATES else other).append(plate)
+    return particle, other
+
+
+def check_particles_align(inputs: Sequence[object], site_names: Sequence[str]) -> None:
+    """Raise where vectorized particles would clash with the plates around a network.
+
+    Pyro puts the particle plate at dim ``-(max_plate_nesting + 1)``, left of every
+    plate of the model, and a network's output leads with the particle dimension
+    (see :func:`weight_scope`). Two clashes are caught here, where Pyro would fail
+    later with a shape mismatch at a site of the user's model:
+
+    * ``max_plate_nesting`` too small: Pyro has put a plate without an explicit
+      ``dim`` left of the particle plate;
+    * an input with fewer batch dimensions than ``max_plate_nesting``: with ``b``
+      batch dimensions, the output's particles land at dim ``-(b + 1)``. When no
+      reading of the input's batch dimensions (judged by the plates' sizes) gives
+      ``max_plate_nesting`` of them, and every reading lands the particles on one
+      of the plates around the call, this raises.
+
+    Parameters
+    ----------
+    inputs: Sequence[object]
+        The network's positional inputs; the first tensor is checked.
+    site_names: Sequence[str]
+        The network's weight sites, for the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the plates, their dims and sizes, and what to change.
+    """
+    particle, plates = _active_plates()
+    tensors = [x for x in inputs if isinstance(x, Tensor)]
+    if not particle or not plates or not tensors:
+        return
+    particle_dim = min(plate.dim for plate in particle)
+    nesting = -particle_dim - 1
+    outside = [plate for plate in plates if plate.dim < particle_dim]
+    if outside:
+        raise ValueError(
+            f"plate {outside[0].name!r} around the network with sites "
+            f"{_some(site_names)} is at dim={outside[0].dim}, left of the vectorized "
+            f"particle plate {particle[0].name!r} (dim={particle_dim}): "
+            f"max_plate_nesting={nesting} is too small for the plates around the "
+            f"network; set it to at least {len(plates)} (e.g. Trace_ELBO("
+            f"max_plate_nesting={len(plates)}, vectorize_particles=True))"
+        )
+    shape = tuple(tensors[0].shape)
+    # Numbers of leading batch dims of the input that agree with the plates' sizes.
+    fitting = [
+        batch_dims
+        for batch_dims in range(min(len(shape), nesting) + 1)
+        if all(
+            -plate.dim > batch_dims or shape[batch_dims + plate.dim] in (1, plate.size)
+            for plate in plates
+        )
+    ]
+    by_dim = {plate.dim: plate for plate in plates}
+    clashes = [by_dim.get(-(batch_dims + 1)) for batch_dims in fitting]
+    if nesting in fitting or not fitting or None in clashes:
+        return
+    batch_dims, clash = fitting[-1], clashes[-1]
+    assert clash is not None
+    described = ", ".join(
+        f"{plate.name!r} (dim={plate.dim}, size {plate.size})" for plate in plates
+    )
+    suggested = (1,) * (nesting - batch_dims) + shape
+    raise ValueError(
+        f"the network with sites {_some(site_names)} is called inside plate(s) "
+        f"{described} under the vectorized particle plate {particle[0].name!r} "
+        f"(dim={particle_dim}, from max_plate_nesting={nesting}). Its output leads "
+        f"with the {particle[0].size} particles; the input's shape {shape} has "
+        f"{batch_dims} batch dimension(s) for the plates, so the particles would "
+        f"land at dim={-(batch_dims + 1)}, on plate {clash.name!r} (size "
+        f"{clash.size}), instead of at dim={particle_dim}. Give the input "
+        f"{nesting} batch dimension(s), one per plate dim (shape {suggested}), or "
+        f"call the network outside plate {clash.name!r}"
+    )
+
+
+def _some(site_names: Sequence[str]) -> str:
+    """The first two site names, for messages."""
+    more = ", ..." if len(site_names) > 2 else ""
+    return ", ".join(repr(name) for name in site_names[:2]) + more
 
 
 def check_replayed(site_names: Iterable[str]) -> None:

@@ -30,6 +30,7 @@ from torch.nn import Parameter, init
 
 from ..guides import sample_from_variational
 from ..poutine.runtime import (
+    check_particles_align,
     check_replayed,
     in_pyro_inference,
     local_param,
@@ -123,8 +124,12 @@ class VIModule(PyroModule):
         One distribution for all variables, or one per variable in order.
     prior: Prior or list, default: MeanFieldNormal()
         One prior for all variables, or one per variable in order. A
-        ``pyro.distributions`` distribution is accepted too (an elementwise prior,
-        see :class:`~torch_blue_pyro.vi.distributions.PyroPrior`).
+        ``pyro.distributions`` distribution is accepted too (see
+        :class:`~torch_blue_pyro.vi.distributions.PyroPrior`); a prior with
+        hyper-variables of its own is a
+        :class:`~torch_blue_pyro.vi.distributions.HierarchicalPrior` (such as the
+        :class:`~torch_blue_pyro.vi.distributions.Horseshoe`), whose variational
+        factors become ``nn.Parameter`` s of the module too.
     rescale_prior: bool, default: False
         Scale the priors with the layer width (see
         :meth:`~torch_blue_pyro.vi.distributions.Prior.kaiming_rescale`).
@@ -149,6 +154,9 @@ class VIModule(PyroModule):
     ------
     UnsupportedDistributionError
         If a distribution cannot play the role it is given.
+    ValueError
+        If a prior does not fit its variable's shape (see
+        :meth:`~torch_blue_pyro.vi.distributions.Prior.bind`).
     """
 
     handles_sample_dim: ClassVar[bool] = False
@@ -212,6 +220,9 @@ class VIModule(PyroModule):
                 attribute = self.variational_parameter_name(name, parameter)
                 empty = torch.empty(shape, device=device, dtype=dtype)
                 setattr(self, attribute, Parameter(empty))
+            prior_of_variable = self.prior[name]
+            assert prior_of_variable is not None
+            prior_of_variable.bind(self, name)
             site = PyroSample(_PriorOf(name))  # type: ignore[arg-type]
             setattr(self, name, site)
         self.reset_variational_parameters()
@@ -306,9 +317,10 @@ class VIModule(PyroModule):
             dist.reset_variational_parameters(
                 self, variable, fan_in, self._kaiming_init
             )
+            prior = self.prior[variable]
+            assert prior is not None
+            prior.reset_learned_parameters(self, variable)
             if self._prior_init:
-                prior = self.prior[variable]
-                assert prior is not None
                 prior.reset_parameters_to_prior(self, variable)
 
     def sample_variable(self, variable: str) -> Tensor | None:
@@ -446,7 +458,7 @@ class VIModule(PyroModule):
         variational = {
             id(parameter)
             for site in sites.values()
-            for parameter in site.variational_parameters()
+            for _, parameter in site.named_variational_parameters()
         }
         prefix = self.__dict__["_pyro_name"]
         for name, parameter in self.named_parameters():
@@ -557,7 +569,13 @@ class VIModule(PyroModule):
         output leads with the particle dimension.
         """
         sites = self._bind_submodules()
-        check_replayed(sites)
+        check_replayed(
+            [
+                name
+                for site in sites.values()
+                for name in (*site.hyper_site_names(), site.name)
+            ]
+        )
         self._announce_deterministic_parameters(sites)
         context = self.__dict__["_pyro_context"]
         with context:
@@ -565,6 +583,7 @@ class VIModule(PyroModule):
                 draws = _draw(sites)
             if num_particles is None:
                 return super().__call__(*args, **kwargs)
+            check_particles_align(args, list(sites))
             for name, value in draws.items():
                 shape = sites[name].shape
                 context.cache[name] = value.reshape(-1, *shape).expand(

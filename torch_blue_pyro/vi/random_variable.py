@@ -17,6 +17,7 @@ from pyro.distributions import TorchDistribution
 from pyro.nn.module import _make_name
 from torch import Tensor
 
+from .distributions.hierarchical import HierarchicalPrior
 from .distributions.normal import MeanFieldNormal, draw_under_normal_prior
 from .utils.errors import UnsupportedDistributionError
 
@@ -65,14 +66,29 @@ class RandomVariable:
         return tuple(self.module.get_variational_parameters(self.variable))
 
     def named_variational_parameters(self) -> Iterator[tuple[str, Tensor]]:
-        """The variational parameters with their Pyro parameter names."""
+        """The variational parameters with their Pyro parameter names.
+
+        Those of a hierarchical prior's hyper-variables (their variational factors)
+        come last.
+        """
         prefix = self.module.__dict__["_pyro_name"]
-        for parameter in self.variational_distribution.distribution_parameters:
-            attribute = self.module.variational_parameter_name(self.variable, parameter)
+        attributes = [
+            self.module.variational_parameter_name(self.variable, parameter)
+            for parameter in self.variational_distribution.distribution_parameters
+        ]
+        if isinstance(self.prior, HierarchicalPrior):
+            attributes += self.prior.factor_attributes(self.module, self.variable)
+        for attribute in attributes:
             yield _make_name(prefix, attribute), getattr(self.module, attribute)
 
     def _hyperparameters(self) -> tuple[Tensor, ...]:
-        """The layer's parameters a hierarchical prior needs besides the sample."""
+        """The layer's parameters a hierarchical prior needs besides the sample.
+
+        The variational parameters named by the prior's ``_required_parameters``,
+        or a :class:`HierarchicalPrior`'s variational factors.
+        """
+        if isinstance(self.prior, HierarchicalPrior):
+            return self.prior.factor_parameters(self.module, self.variable)
         required = self.prior._required_parameters
         if not required:
             return ()
@@ -117,8 +133,21 @@ class RandomVariable:
         )
         if not with_log_probs:
             return value, None, None
+        if isinstance(self.prior, HierarchicalPrior):
+            log_prior, log_hyper_variational = self._hierarchical_log_probs(value)
+            assert log_variational is not None
+            return value, log_prior, log_variational + log_hyper_variational
         log_prior = self.prior.log_prob_per_sample(value, self._hyperparameters())
         return value, log_prior, log_variational
+
+    def _hierarchical_log_probs(self, samples: Tensor) -> tuple[Tensor, Tensor]:
+        """``(S,)`` log p(w, h) and log q(h), one draw of ``h`` per sample."""
+        prior = self.prior
+        assert isinstance(prior, HierarchicalPrior)
+        hyper, log_variational = prior.sample_hyper(
+            self._hyperparameters(), samples.shape[0]
+        )
+        return prior.log_joint_per_sample(samples, hyper), log_variational
 
     def _normal_under_normal_prior(self) -> bool:
         """Whether variational distribution and prior are both ``MeanFieldNormal``."""
@@ -132,11 +161,18 @@ class RandomVariable:
         return self.variational_distribution.sample(self.variational_parameters())
 
     def log_probs(self, sample: Tensor) -> Tensor:
-        """``[log prior, log variational]`` of one sample, each summed over elements."""
+        """``[log prior, log variational]`` of one sample, each summed over elements.
+
+        Under a :class:`HierarchicalPrior` the hyper-variables are drawn once from
+        their variational factors and their terms added, as in a forward pass.
+        """
         parameters = self.variational_parameters()
         variational = self.variational_distribution.variational_log_prob(
             sample, parameters
         )
+        if isinstance(self.prior, HierarchicalPrior):
+            log_prior, log_hyper = self._hierarchical_log_probs(sample[None])
+            return torch.stack((log_prior[0], variational.sum() + log_hyper[0]))
         prior = self.prior.prior_log_prob(sample, self._hyperparameters())
         return torch.stack((prior.sum(), variational.sum()))
 
@@ -173,10 +209,18 @@ class RandomVariable:
 
         A hierarchical prior draws its hyper-sites here, before the variable's site.
         """
-        reference = self.variational_parameters()[0]
+        # Only the device and dtype matter: ``.data`` keeps the parameter (which
+        # requires grad) out of traced programs (``NUTS(..., jit_compile=True)``).
+        reference = self.variational_parameters()[0].data
         return self.prior.pyro_prior(
-            self.name, reference.shape, reference, self._hyperparameters()
+            self.name, torch.Size(self.shape), reference, self._hyperparameters()
         )
+
+    def hyper_site_names(self) -> list[str]:
+        """The sites of a :class:`HierarchicalPrior`'s hyper-variables (else none)."""
+        if not isinstance(self.prior, HierarchicalPrior):
+            return []
+        return [f"{self.name}_{hyper}" for hyper in self.prior.hyper_variables()]
 
     def hyper_guide_distributions(self) -> dict[str, TorchDistribution]:
         """The guide's distributions of the prior's hyper-sites, by site name."""

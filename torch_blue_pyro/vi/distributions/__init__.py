@@ -3,6 +3,7 @@
 from .base import Distribution, PredictiveDistribution, Prior, VariationalDistribution
 from .categorical import Categorical
 from .heteroscedastic import HeteroscedasticNormal
+from .hierarchical import HierarchicalPrior, Horseshoe, HyperVariable
 from .non_bayesian import NonBayesian, UniformPrior
 from .normal import MeanFieldNormal
 from .pyro_prior import PyroPrior
@@ -17,6 +18,9 @@ __all__ = [
     "Categorical",
     "Distribution",
     "HeteroscedasticNormal",
+    "HierarchicalPrior",
+    "Horseshoe",
+    "HyperVariable",
     "MeanFieldNormal",
     "MeanFieldStudentT",
     "NonBayesian",

@@ -386,6 +386,37 @@ class Prior(Distribution):
             stacklevel=2,
         )
 
+    def bind(self, module: VIModule, variable: str) -> None:
+        """Fit the prior to one random variable of a layer that is being built.
+
+        The layer calls this once per random variable, after creating its variational
+        parameters and before initializing them. A prior checks here that it fits the
+        variable's shape, and registers on ``module`` any ``nn.Parameter`` s it learns
+        itself (those of :class:`~torch_blue_pyro.vi.distributions.HierarchicalPrior`'s
+        hyper-variables). The default does nothing.
+
+        Parameters
+        ----------
+        module: VIModule
+            The module owning the variable.
+        variable: str
+            The random variable's name.
+        """
+
+    def reset_learned_parameters(self, module: VIModule, variable: str) -> None:
+        """(Re-)initialize the parameters that :meth:`bind` registered on ``module``.
+
+        Called by :meth:`~torch_blue_pyro.vi.VIModule.reset_variational_parameters`.
+        The default, for priors that learn nothing, does nothing.
+
+        Parameters
+        ----------
+        module: VIModule
+            The module owning the variable.
+        variable: str
+            The random variable's name.
+        """
+
     def pyro_distribution(
         self, event_shape: torch.Size, reference: Tensor
     ) -> TorchDistribution:
