@@ -486,10 +486,32 @@ def test_autoguide_draws_fall_back_to_the_plain_convolution(estimator: str) -> N
     torch.testing.assert_close(out, expected)
 
 
+KERNELS = {
+    "local_reparameterization": (
+        "conv_local_reparameterization",
+        "linear_local_reparameterization",
+    ),
+    "flipout": ("conv_flipout", "linear_flipout"),
+}
+
+
 @pytest.mark.parametrize("estimator", HANDLERS)
-def test_vectorized_particles_fall_back_with_the_right_shapes(estimator: str) -> None:
+def test_vectorized_particles_use_the_estimator(
+    estimator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The K particles' draws are the sample dimension of the estimators' kernels,
+    # and the vectorized ELBO agrees with the sequential one in distribution.
     net = small_cnn()
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))
+    calls: list[str] = []
+    for name in KERNELS[estimator]:
+        kernel = getattr(functional, name)
+
+        def spy(*args: Any, _kernel: Callable = kernel, _name: str = name, **kw: Any):
+            calls.append(_name)
+            return _kernel(*args, **kw)
+
+        monkeypatch.setattr(functional, name, spy)
 
     def model(x: Tensor, y: Tensor | None = None) -> None:
         with pyro.plate("data", len(x)):
@@ -501,5 +523,13 @@ def test_vectorized_particles_fall_back_with_the_right_shapes(estimator: str) ->
             model, guide=net.guide, num_samples=5, parallel=True
         )
         assert predictive(x)["logits"].shape == (5, 6, 3)
-        elbo = Trace_ELBO(num_particles=3, vectorize_particles=True)
-        assert torch.isfinite(torch.tensor(elbo.loss(model, net.guide, x, y)))
+        vectorized = Trace_ELBO(num_particles=200, vectorize_particles=True)
+        sequential = Trace_ELBO(num_particles=1)
+        with torch.no_grad():
+            batched = vectorized.loss(model, net.guide, x, y)
+            assert sorted(set(calls)) == sorted(KERNELS[estimator]), calls
+            single = torch.tensor(
+                [sequential.loss(model, net.guide, x, y) for _ in range(200)]
+            )
+    standard_error = single.std().item() / 200**0.5
+    assert abs(batched - single.mean().item()) < 5 * standard_error * 2**0.5

@@ -29,8 +29,9 @@ the convolution, with its stride, padding, dilation and groups).
   marked, and the layers fall back to the plain estimator.
 
 A layer also falls back to plain sampling where its variational distribution is
-not a ``MeanFieldNormal``, under local reparameterization in torch_blue mode where
-its prior is not one, and under Pyro's vectorized particles. The layers' side is
+not a ``MeanFieldNormal`` and under local reparameterization in torch_blue mode
+where its prior is not one. Pyro's vectorized particles are served as torch_blue's
+sample dimension. The layers' side is
 :func:`torch_blue_pyro.vi.estimated.estimated_forward`.
 
 The handlers are :class:`~torch_blue_pyro.poutine.TransparentMessenger` s: they
@@ -48,6 +49,8 @@ from .runtime import TransparentMessenger
 
 #: ``infer`` key with which ``model.guide`` marks its Gaussian draws.
 GAUSSIAN_DRAW = "torch_blue_pyro_gaussian"
+# The attribute of a drawn tensor that holds its Gaussian's (location, scale).
+_GAUSSIAN_MARK = "_torch_blue_pyro_gaussian"
 
 
 class _ActiveEstimators(threading.local):
@@ -75,7 +78,7 @@ class EstimatorMessenger(TransparentMessenger):
     def _pyro_post_sample(self, msg: dict[str, Any]) -> None:
         gaussian = msg["infer"].get(GAUSSIAN_DRAW)
         if gaussian is not None and isinstance(msg["value"], Tensor):
-            setattr(msg["value"], "_torch_blue_pyro_gaussian", gaussian)  # noqa: B010
+            setattr(msg["value"], _GAUSSIAN_MARK, gaussian)
 
 
 class LocalReparameterizationMessenger(EstimatorMessenger):
@@ -149,4 +152,25 @@ def active_estimator() -> str | None:
 
 def gaussian_of(value: Tensor | None) -> tuple[Tensor, Tensor] | None:
     """The (location, scale) that ``model.guide`` drew ``value`` from, if marked."""
-    return getattr(value, "_torch_blue_pyro_gaussian", None)
+    return getattr(value, _GAUSSIAN_MARK, None)
+
+
+def carry_gaussian(source: Tensor, target: Tensor) -> Tensor:
+    """``target`` (a reshaped view of the draw ``source``) marked as ``source`` is.
+
+    Parameters
+    ----------
+    source: Tensor
+        A value that ``model.guide`` drew, possibly marked with its Gaussian.
+    target: Tensor
+        A tensor derived from it (the layers see the particles' draws reshaped).
+
+    Returns
+    -------
+    Tensor
+        ``target``.
+    """
+    gaussian = gaussian_of(source)
+    if gaussian is not None:
+        setattr(target, _GAUSSIAN_MARK, gaussian)
+    return target

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn import Parameter, init
 
 from ..guides import sample_from_variational
+from ..poutine.estimators import carry_gaussian
 from ..poutine.runtime import (
     check_particles_align,
     check_replayed,
@@ -586,8 +587,8 @@ class VIModule(PyroModule):
             check_particles_align(args, list(sites))
             for name, value in draws.items():
                 shape = sites[name].shape
-                context.cache[name] = value.reshape(-1, *shape).expand(
-                    num_particles, *shape
+                context.cache[name] = carry_gaussian(
+                    value, value.reshape(-1, *shape).expand(num_particles, *shape)
                 )
             expanded = tuple(
                 x.expand(num_particles, *x.shape) if isinstance(x, Tensor) else x

@@ -74,16 +74,14 @@ def estimated_forward(
         active, a variable is not Gaussian (or, in Pyro mode, was not drawn by
         ``model.guide``, e.g. by an autoguide), the closed-form KL is needed
         (local reparameterization on undrawn weights) but the prior is not a
-        ``MeanFieldNormal``, or Pyro's particles are vectorized.
+        ``MeanFieldNormal``. (Pyro's vectorized particles are the sample
+        dimension here, as in torch_blue mode.)
     """
     estimator = active_estimator()
     if estimator is None:
         return None
     sites = [RandomVariable(module, name) for name in module._present_variables()]
     pyro_mode, num_samples = in_pyro_inference(), current_num_samples()
-    if pyro_mode and num_samples is not None:
-        # Vectorized particles: the stacked draws carry no Gaussian.
-        return None
     # Drawn already: by the guide, or (torch_blue mode without a sample dimension)
     # by the per-sample forward of an enclosing module; the sampler holds their
     # log-probs then.
