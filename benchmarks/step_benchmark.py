@@ -4,8 +4,11 @@ What is measured
 ----------------
 One of three small networks (``--model``), built with the ``vi`` API of
 
-- ``torch_blue_pyro`` (``from torch_blue_pyro import vi``), and
-- ``torch_blue`` (``from torch_blue import vi``), the library it replaces:
+- ``torch_blue_pyro`` (``from torch_blue_pyro import vi``),
+- ``torch_blue`` (``from torch_blue import vi``), the library it replaces, and
+- ``bayesian-torch`` (``bayesian_torch.layers``: ``LinearReparameterization`` and
+  ``Conv2dReparameterization``), for the MLP and the CNN only (it has no attention
+  layers):
 
 ``mlp`` (default)
     The MLP 64-256-256-10 (``VILinear``, ``ReLU``, ``VILinear``, ``ReLU``,
@@ -27,6 +30,16 @@ One of three small networks (``--model``), built with the ``vi`` API of
 ``torch.optim.Adam`` step and ``zero_grad``.  *predict* is one forward with
 ``samples=10`` under ``torch.no_grad()`` and ``return_log_probs = False``.
 
+bayesian-torch's layers draw one weight sample per call and have no sample
+dimension, so its users loop over the samples (repeating the batch would reuse one
+weight draw for all copies: not ten samples).  Its *train* step here is ten
+forwards with ``return_kl=False``, the cross-entropy averaged over them, plus the
+closed-form KL (``kl_loss()`` of each layer, computed once: it does not depend on
+the draw) divided by the data set size, then backward, Adam and ``zero_grad``.
+Computing the KL once is the cheapest correct use of the library (its README
+computes it in each of the ten forwards).  Its *predict* is ten forwards with
+``return_kl=False`` under ``torch.no_grad()``.
+
 The *floor* is the deterministic ``torch.nn`` network of the same shape (for the
 transformer ``nn.TransformerEncoder`` with ``dropout=0.0``) on 10 times the batch
 (the work of 10 weight samples without any sampling), trained with cross-entropy
@@ -35,9 +48,13 @@ as a Bayesian network is used (with dropout 0 this changes no result).
 
 The implementations are interleaved round-robin (each round runs ``--steps``
 steps of every case, after a warm-up), so that drifts in machine load hit them
-alike.  Every step is timed on its own; the table reports medians in ms, the
-ratio to the floor and the ratio of ``torch_blue_pyro`` to ``torch_blue``.  A
-library that cannot be imported (or fails to run) is reported as skipped.
+alike.  Every step is timed on its own (on CUDA between two
+``torch.cuda.synchronize()``); the table reports medians in ms, the ratio to the
+floor and the ratio to ``torch_blue``.  A library that cannot be imported (or fails
+to run) is reported as skipped.
+
+The step builders here (``implementation_steps``) are shared by the memory,
+scaling and compile benchmarks in this folder.
 
 Run
 ---
@@ -45,6 +62,7 @@ Run
     python benchmarks/step_benchmark.py --model cnn
     python benchmarks/step_benchmark.py --model transformer
     python benchmarks/step_benchmark.py --all                # all three in turn
+    python benchmarks/step_benchmark.py --all --device cuda  # on a GPU
 
 (``--threads``, ``--rounds``, ``--steps`` and ``--warmup`` change the defaults.)
 """
@@ -88,7 +106,11 @@ LAYER_NORM_EPS = 1e-5
 
 PYRO_LIBRARY = "torch_blue_pyro"
 REFERENCE_LIBRARY = "torch_blue"
+BAYESIAN_TORCH = "bayesian_torch"
+FLOOR = "floor"
 LIBRARIES = (PYRO_LIBRARY, REFERENCE_LIBRARY)
+"""The libraries with a torch_blue ``vi`` API."""
+IMPLEMENTATIONS = (*LIBRARIES, BAYESIAN_TORCH, FLOOR)
 TASKS = ("train", "predict")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -171,6 +193,61 @@ def deterministic_cnn() -> nn.Module:
         nn.ReLU(),
         nn.Flatten(),
         nn.Linear(c2 * IMAGE_SIZE * IMAGE_SIZE, NUM_CLASSES),
+    )
+
+
+class BayesianTorchNet(nn.Module):
+    """A sequence of bayesian-torch layers and plain modules.
+
+    bayesian-torch's layers return ``(output, kl)`` unless called with
+    ``return_kl=False``; plain modules (``ReLU``, ``Flatten``) take one argument.
+    """
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, input_: Tensor) -> Tensor:
+        """One forward with one fresh weight draw per layer, without the KL."""
+        for layer in self.layers:
+            if hasattr(layer, "kl_loss"):
+                input_ = layer(input_, return_kl=False)
+            else:
+                input_ = layer(input_)
+        return input_
+
+    def kl_loss(self) -> Tensor:
+        """Closed-form KL divergence of all layers from their priors."""
+        kls: list[Tensor] = [
+            layer.kl_loss()  # type: ignore[operator]
+            for layer in self.layers
+            if hasattr(layer, "kl_loss")
+        ]
+        return torch.stack(kls).sum()
+
+
+def bayesian_torch_mlp(layers: ModuleType) -> BayesianTorchNet:
+    """Build the MLP 64-256-256-10 with ``bayesian_torch.layers``."""
+    d_in, h1, h2, d_out = LAYER_SIZES
+    return BayesianTorchNet(
+        layers.LinearReparameterization(d_in, h1),
+        nn.ReLU(),
+        layers.LinearReparameterization(h1, h2),
+        nn.ReLU(),
+        layers.LinearReparameterization(h2, d_out),
+    )
+
+
+def bayesian_torch_cnn(layers: ModuleType) -> BayesianTorchNet:
+    """Build the CNN with ``bayesian_torch.layers``."""
+    c_in, c1, c2 = CONV_CHANNELS
+    return BayesianTorchNet(
+        layers.Conv2dReparameterization(c_in, c1, 3, padding=1),
+        nn.ReLU(),
+        layers.Conv2dReparameterization(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        layers.LinearReparameterization(c2 * IMAGE_SIZE * IMAGE_SIZE, NUM_CLASSES),
     )
 
 
@@ -261,6 +338,8 @@ class ModelSpec:
     """Shape of one input row."""
     bayesian: Callable[[ModuleType], Any]
     deterministic: Callable[[], nn.Module]
+    bayesian_torch: Callable[[ModuleType], BayesianTorchNet] | None = None
+    """Builder from ``bayesian_torch.layers``; ``None``: bayesian-torch lacks it."""
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -271,6 +350,7 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(LAYER_SIZES[0],),
         bayesian=bayesian_mlp,
         deterministic=deterministic_mlp,
+        bayesian_torch=bayesian_torch_mlp,
     ),
     "cnn": ModelSpec(
         title=(
@@ -282,6 +362,7 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(CONV_CHANNELS[0], IMAGE_SIZE, IMAGE_SIZE),
         bayesian=bayesian_cnn,
         deterministic=deterministic_cnn,
+        bayesian_torch=bayesian_torch_cnn,
     ),
     "transformer": ModelSpec(
         title=(
@@ -318,7 +399,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--warmup", type=int, default=10, help="untimed steps per case before timing"
     )
     parser.add_argument("--seed", type=int, default=0, help="torch random seed")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)"
+    )
     return parser.parse_args(argv)
+
+
+def device_name(device: torch.device) -> str:
+    """Describe the device the benchmark runs on."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"{cpu_name()} ({os.cpu_count()} CPUs)"
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """Return a function that waits for the device's queued work (no-op on CPU)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
 
 
 def cpu_name() -> str:
@@ -358,7 +456,9 @@ def import_library(library: str) -> ModuleType:
 # --- the timed steps ----------------------------------------------------------------
 
 
-def bayesian_train_step(model: Any, vi: ModuleType, x: Tensor, y: Tensor) -> Step:
+def bayesian_train_step(
+    model: Any, vi: ModuleType, x: Tensor, y: Tensor, samples: int = SAMPLES
+) -> Step:
     """Return a closure running one variational-inference training step."""
     loss_fn = vi.KullbackLeiblerLoss(
         vi.distributions.Categorical(), dataset_size=DATASET_SIZE
@@ -366,7 +466,7 @@ def bayesian_train_step(model: Any, vi: ModuleType, x: Tensor, y: Tensor) -> Ste
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
 
     def step() -> None:
-        output = model(x, samples=SAMPLES)
+        output = model(x, samples=samples)
         loss = loss_fn(output, y)
         loss.backward()
         optimizer.step()
@@ -375,13 +475,47 @@ def bayesian_train_step(model: Any, vi: ModuleType, x: Tensor, y: Tensor) -> Ste
     return step
 
 
-def bayesian_predict_step(model: Any, x: Tensor) -> Step:
+def bayesian_predict_step(model: Any, x: Tensor, samples: int = SAMPLES) -> Step:
     """Return a closure running one sampled prediction without log probs."""
     model.return_log_probs = False
 
     def step() -> None:
         with torch.no_grad():
-            model(x, samples=SAMPLES)
+            model(x, samples=samples)
+
+    return step
+
+
+def bayesian_torch_train_step(
+    model: BayesianTorchNet, x: Tensor, y: Tensor, samples: int = SAMPLES
+) -> Step:
+    """Return a closure running one bayesian-torch training step.
+
+    ``samples`` forwards (one weight draw each), the cross-entropy averaged over
+    them, plus the closed-form KL once, divided by the data set size.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+
+    def step() -> None:
+        nll = torch.stack(
+            [nn.functional.cross_entropy(model(x), y) for _ in range(samples)]
+        ).mean()
+        loss = nll + model.kl_loss() / DATASET_SIZE
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
+
+
+def bayesian_torch_predict_step(
+    model: BayesianTorchNet, x: Tensor, samples: int = SAMPLES
+) -> Step:
+    """Return a closure running ``samples`` forwards without the KL."""
+
+    def step() -> None:
+        with torch.no_grad():
+            torch.stack([model(x) for _ in range(samples)])
 
     return step
 
@@ -410,10 +544,57 @@ def floor_predict_step(model: nn.Module, x: Tensor) -> Step:
     return step
 
 
-def warm_up(case: Case, steps: int) -> None:
+def implementation_steps(
+    spec: ModelSpec,
+    implementation: str,
+    x: Tensor,
+    y: Tensor,
+    samples: int = SAMPLES,
+) -> tuple[Step, Step]:
+    """Return fresh ``(train, predict)`` closures of one implementation.
+
+    Each closure gets its own freshly built network on the device of ``x``.  The
+    floor runs on ``x`` and ``y`` repeated ``samples`` times.  Raises if the
+    implementation cannot be imported or does not have the network.
+    """
+    device = x.device
+    if implementation == FLOOR:
+        x_floor = x.repeat(samples, *(1,) * (x.dim() - 1))
+        y_floor = y.repeat(samples)
+        return (
+            floor_train_step(spec.deterministic().to(device), x_floor, y_floor),
+            floor_predict_step(spec.deterministic().to(device), x_floor),
+        )
+    if implementation == BAYESIAN_TORCH:
+        if spec.bayesian_torch is None:
+            raise NotImplementedError("bayesian-torch has no layers for this network")
+        layers = import_library("bayesian_torch.layers")
+        return (
+            bayesian_torch_train_step(
+                spec.bayesian_torch(layers).to(device), x, y, samples
+            ),
+            bayesian_torch_predict_step(
+                spec.bayesian_torch(layers).to(device), x, samples
+            ),
+        )
+    import_library(implementation)
+    vi = importlib.import_module(f"{implementation}.vi")
+    return (
+        bayesian_train_step(spec.bayesian(vi).to(device), vi, x, y, samples),
+        bayesian_predict_step(spec.bayesian(vi).to(device), x, samples),
+    )
+
+
+def display_name(spec: ModelSpec, implementation: str) -> str:
+    """Name of an implementation in the tables (the floor names its network)."""
+    return spec.floor if implementation == FLOOR else implementation
+
+
+def warm_up(case: Case, steps: int, sync: Callable[[], None]) -> None:
     """Run ``steps`` untimed steps of a case."""
     for _ in range(steps):
         case.step()
+    sync()
 
 
 def build_cases(
@@ -432,47 +613,44 @@ def build_cases(
     skipped : dict
         Error message per library that was skipped.
     """
-    x_floor = x.repeat(SAMPLES, *(1,) * (x.dim() - 1))
-    y_floor = y.repeat(SAMPLES)
-    cases = [
-        Case(
-            "train",
-            spec.floor,
-            floor_train_step(spec.deterministic(), x_floor, y_floor),
-        ),
-        Case("predict", spec.floor, floor_predict_step(spec.deterministic(), x_floor)),
-    ]
-    for case in cases:
-        warm_up(case, warmup)
+    sync = synchronizer(x.device)
+    cases: list[Case] = []
     versions: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    for library in LIBRARIES:
+    for implementation in (FLOOR, *LIBRARIES, BAYESIAN_TORCH):
+        name = display_name(spec, implementation)
         try:
-            package = import_library(library)
-            vi = importlib.import_module(f"{library}.vi")
-            library_cases = [
-                Case(
-                    "train", library, bayesian_train_step(spec.bayesian(vi), vi, x, y)
-                ),
-                Case("predict", library, bayesian_predict_step(spec.bayesian(vi), x)),
+            train, predict = implementation_steps(spec, implementation, x, y)
+            implementation_cases = [
+                Case("train", name, train),
+                Case("predict", name, predict),
             ]
-            for case in library_cases:
-                warm_up(case, max(warmup, 1))  # at least one step: does it run?
+            for case in implementation_cases:
+                warm_up(case, max(warmup, 1), sync)  # at least one step: does it run?
         except Exception as error:  # report any failure, do not crash the run
-            skipped[library] = f"{type(error).__name__}: {error}"
+            if implementation == FLOOR:
+                raise
+            skipped[implementation] = f"{type(error).__name__}: {error}"
             continue
-        versions[library] = library_version(library, package)
-        cases.extend(library_cases)
+        if implementation != FLOOR:
+            versions[implementation] = library_version(
+                implementation, sys.modules[implementation.split(".")[0]]
+            )
+        cases.extend(implementation_cases)
     return cases, versions, skipped
 
 
-def run_rounds(cases: list[Case], rounds: int, steps: int) -> None:
+def run_rounds(
+    cases: list[Case], rounds: int, steps: int, sync: Callable[[], None]
+) -> None:
     """Time ``steps`` steps of every case per round, cycling through the cases."""
     for _ in range(rounds):
         for case in cases:
             for _ in range(steps):
+                sync()
                 start = time.perf_counter()
                 case.step()
+                sync()
                 case.times_ms.append((time.perf_counter() - start) * 1e3)
 
 
@@ -486,14 +664,15 @@ def format_table(cases: list[Case], floor_name: str) -> str:
     for task in TASKS:
         floor = by_key[(task, floor_name)]
         reference = by_key.get((task, REFERENCE_LIBRARY))
-        for implementation in (*LIBRARIES, floor_name):
+        for implementation in (*LIBRARIES, BAYESIAN_TORCH, floor_name):
             case = by_key.get((task, implementation))
             if case is None:
                 continue
             q1, q3 = case.quartiles_ms
             vs_reference = (
                 f"{case.median_ms / reference.median_ms:.2f}"
-                if reference is not None and implementation == PYRO_LIBRARY
+                if reference is not None
+                and implementation not in (REFERENCE_LIBRARY, floor_name)
                 else ""
             )
             lines.append(
@@ -504,18 +683,26 @@ def format_table(cases: list[Case], floor_name: str) -> str:
     return "\n".join(lines)
 
 
+def print_environment(device: torch.device) -> None:
+    """Print the machine, the device and the torch version as list items."""
+    print(f"- machine: {cpu_name()} ({os.cpu_count()} CPUs), {platform.platform()}")
+    if device.type != "cpu":
+        print(f"- device: {device_name(device)}")
+    print(f"- python {platform.python_version()}, torch {torch.__version__}")
+    print(f"- torch threads: {torch.get_num_threads()}")
+
+
 def run_model(spec: ModelSpec, args: argparse.Namespace) -> None:
     """Benchmark one network and print the header and the result table."""
+    device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    x = torch.randn(spec.batch_size, *spec.input_shape)
-    y = torch.randint(0, NUM_CLASSES, (spec.batch_size,))
+    x = torch.randn(spec.batch_size, *spec.input_shape, device=device)
+    y = torch.randint(0, NUM_CLASSES, (spec.batch_size,), device=device)
     cases, versions, skipped = build_cases(spec, x, y, args.warmup)
 
     print(f"# Step benchmark: {spec.title}")
     print()
-    print(f"- machine: {cpu_name()} ({os.cpu_count()} CPUs), {platform.platform()}")
-    print(f"- python {platform.python_version()}, torch {torch.__version__}")
-    print(f"- torch threads: {torch.get_num_threads()}")
+    print_environment(device)
     print(
         f"- batch {spec.batch_size}, samples {SAMPLES}, "
         f"floor batch {SAMPLES * spec.batch_size}"
@@ -530,7 +717,7 @@ def run_model(spec: ModelSpec, args: argparse.Namespace) -> None:
         print(f"- {library}: SKIPPED ({error})")
     print()
 
-    run_rounds(cases, args.rounds, args.steps)
+    run_rounds(cases, args.rounds, args.steps, synchronizer(device))
     print(format_table(cases, spec.floor), flush=True)
 
 
