@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from torch_blue_pyro import vi
+from torch_blue_pyro.vi.base import current_num_samples
 from torch_blue_pyro.vi.distributions import Categorical, MeanFieldNormal
 from torch_blue_pyro.vi.utils import NoVariablesError, UnsupportedDistributionError
 
@@ -338,3 +339,94 @@ def test_vikwargs_types_a_custom_modules_keywords() -> None:
         "device",
         "dtype",
     }
+
+
+class _RecordsSampleDim(vi.VIModule):
+    """Passes its input through and records what current_num_samples() said."""
+
+    handles_sample_dim = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int | None] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(current_num_samples())
+        return x
+
+
+def _cnn(recorder: vi.VIModule) -> vi.VISequential:
+    return vi.VISequential(
+        vi.VIConv2d(1, 3, 3, padding=1),
+        torch.nn.ReLU(),
+        recorder,
+        torch.nn.Flatten(),
+        vi.VILinear(3 * 4 * 4, 2),
+    )
+
+
+@pytest.mark.parametrize("execution", ["stacked", "loop"])
+def test_sample_executions_give_the_same_outputs_log_probs_and_gradients(
+    execution: str,
+) -> None:
+    torch.manual_seed(0)
+    net = _cnn(_RecordsSampleDim())
+    x = torch.randn(5, 1, 4, 4)
+    results = {}
+    for mode in ("auto", execution):
+        net.sample_execution = mode
+        torch.manual_seed(1)
+        out = net(x, samples=3)
+        loss = (out**2).sum() + out.log_probs.sum()
+        grads = torch.autograd.grad(loss, list(net.parameters()))
+        results[mode] = (out, out.log_probs, grads)
+    (out, log_probs, grads), (out2, log_probs2, grads2) = results.values()
+    assert out.shape == (3, 5, 2) and log_probs.shape == (3, 2)
+    torch.testing.assert_close(out, out2)
+    torch.testing.assert_close(log_probs, log_probs2)
+    for g, g2 in zip(grads, grads2, strict=True):
+        torch.testing.assert_close(g, g2)
+
+
+def test_auto_execution_loops_for_convolutions_on_cpu_only() -> None:
+    recorder = _RecordsSampleDim()
+    cnn = _cnn(recorder)
+    cnn(torch.randn(2, 1, 4, 4), samples=3)
+    assert recorder.seen == [None, None, None], "auto: one pass per sample"
+    cnn.sample_execution = "stacked"
+    recorder.seen.clear()
+    cnn(torch.randn(2, 1, 4, 4), samples=3)
+    assert recorder.seen == [3]
+    mlp_recorder = _RecordsSampleDim()
+    mlp = vi.VISequential(vi.VILinear(4, 3), mlp_recorder, vi.VILinear(3, 2))
+    mlp(torch.randn(2, 4), samples=3)
+    assert mlp_recorder.seen == [3], "auto: stacked without convolutions"
+    mlp.sample_execution = "loop"
+    mlp_recorder.seen.clear()
+    out = mlp(torch.randn(2, 4), samples=3)
+    assert mlp_recorder.seen == [None] * 3 and out.shape == (3, 2, 2)
+
+
+def test_looped_samples_stack_tuple_outputs() -> None:
+    class TwoHeads(vi.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = vi.VILinear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = self.body(x)
+            return hidden, hidden.sum(-1)
+
+    net = TwoHeads()
+    net.sample_execution = "loop"
+    first, second = net(torch.randn(2, 4), samples=5)
+    assert first.shape == (5, 2, 3) and second.shape == (5, 2)
+    torch.testing.assert_close(second, first.sum(-1))
+    assert first.log_probs.shape == (5, 2)
+
+
+def test_unknown_sample_execution_is_named() -> None:
+    net = vi.VILinear(2, 2)
+    net.sample_execution = "parallel"
+    with pytest.raises(ValueError, match=r"sample_execution must be one of"):
+        net(torch.randn(3, 2), samples=2)

@@ -27,9 +27,10 @@ from pyro.nn import PyroModule, PyroSample
 from pyro.nn.module import _Context, _make_name
 from torch import Tensor, nn
 from torch.nn import Parameter, init
+from torch.nn.modules.conv import _ConvNd
 
 from ..guides import sample_from_variational
-from ..poutine.estimators import carry_gaussian
+from ..poutine.estimators import active_estimator, carry_gaussian
 from ..poutine.runtime import (
     check_particles_align,
     check_replayed,
@@ -60,6 +61,7 @@ class _CallState(threading.local):
 
 
 _CALL = _CallState()
+_SAMPLE_EXECUTIONS = ("auto", "stacked", "loop")
 
 
 def current_num_samples() -> int | None:
@@ -161,6 +163,14 @@ class VIModule(PyroModule):
     """
 
     handles_sample_dim: ClassVar[bool] = False
+    #: How the outermost call evaluates its ``S`` samples: ``"stacked"`` (one pass on
+    #: weights and inputs with a leading sample dimension), ``"loop"`` (one pass per
+    #: sample, on that sample's weights) or ``"auto"``: ``"loop"`` for a network with
+    #: convolution layers on the CPU, where a batch of one sample's feature maps stays
+    #: in cache, unless an estimator handler (local reparameterization, Flipout) is
+    #: active, else ``"stacked"``. All three give the same results (the weights are
+    #: drawn stacked first in every case); set it on the outermost module.
+    sample_execution: str = "auto"
     _return_log_probs: bool = True
 
     def __init__(
@@ -602,25 +612,49 @@ class VIModule(PyroModule):
         """Run ``forward`` on inputs and weights leading with ``S`` stacked samples."""
         _CALL.num_samples = num_samples
         try:
+            if self._loops_over_samples():
+                return self._call_per_sample(num_samples, args, kwargs, loop=True)
             if self.handles_sample_dim:
                 return PyroModule.__call__(self, *args, **kwargs)
             return self._call_per_sample(num_samples, args, kwargs)
         finally:
             _CALL.num_samples = None
 
+    def _loops_over_samples(self) -> bool:
+        """Whether this outermost module runs its samples one by one (see class)."""
+        execution = self.sample_execution
+        if execution not in _SAMPLE_EXECUTIONS:
+            raise ValueError(
+                f"sample_execution must be one of {_SAMPLE_EXECUTIONS}, got "
+                f"{execution!r}"
+            )
+        if execution != "auto":
+            return execution == "loop"
+        if active_estimator() is not None:
+            # The estimators draw outputs, not weights: they need the stacked pass.
+            return False
+        parameter = next(self.parameters(), None)
+        on_cpu = parameter is None or parameter.device.type == "cpu"
+        return on_cpu and any(
+            isinstance(module, _ConvNd) or getattr(module, "_is_convolution", False)
+            for module in self.modules()
+        )
+
     def _call_per_sample(
         self,
         num_samples: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        loop: bool = False,
     ) -> Any:
-        """Run a forward written for one sample on each of the ``S`` draws (vmap).
+        """Run ``forward`` on each of the ``S`` draws, as written for one sample.
 
-        Every random variable of this subtree is drawn (stacked) first; inside
-        :func:`torch.vmap` each access then reads its own draw, so ``self.weight`` has
-        the variable's shape and built-in submodules take their single-sample path.
-        Tensor arguments whose first dimension is ``S`` are split along it; others are
-        shared by all samples.
+        Every random variable of this subtree is drawn (stacked) first; each access
+        then reads its own draw, so ``self.weight`` has the variable's shape and
+        built-in submodules take their single-sample path. Tensor arguments whose
+        first dimension is ``S`` are split along it; others are shared by all
+        samples. The samples run under :func:`torch.vmap`, or with ``loop`` one after
+        another, their outputs stacked.
         """
         context = self.__dict__["_pyro_context"]
         with context:
@@ -642,9 +676,38 @@ class VIModule(PyroModule):
                 else None
                 for x in args
             )
-            return torch.vmap(
-                forward_one_sample, in_dims=(0, *in_dims), randomness="different"
-            )(draws, *args)
+            if not loop:
+                return torch.vmap(
+                    forward_one_sample, in_dims=(0, *in_dims), randomness="different"
+                )(draws, *args)
+            outputs = [
+                forward_one_sample(
+                    {name: draw[index] for name, draw in draws.items()},
+                    *(
+                        x if dim is None else x[index]
+                        for x, dim in zip(args, in_dims, strict=True)
+                    ),
+                )
+                for index in range(num_samples)
+            ]
+            return _stack_outputs(outputs)
+
+
+def _stack_outputs(outputs: list[Any]) -> Any:
+    """Stack the per-sample outputs of a forward: tensors, or tuples/lists of them."""
+    first = outputs[0]
+    if isinstance(first, Tensor):
+        return torch.stack(outputs)
+    if isinstance(first, (tuple, list)):
+        return type(first)(
+            _stack_outputs(list(parts)) for parts in zip(*outputs, strict=True)
+        )
+    if first is None:
+        return None
+    raise TypeError(
+        "a forward run once per sample must return tensors, or tuples or lists of "
+        f"them, got {type(first).__name__}"
+    )
 
 
 def _draw(sites: Mapping[str, RandomVariable]) -> dict[str, Tensor]:

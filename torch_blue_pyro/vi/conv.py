@@ -44,6 +44,8 @@ class _VIConvNd(VIModule):
     """
 
     handles_sample_dim: ClassVar[bool] = True
+    # Makes the outermost module's sample_execution="auto" loop over samples on CPU.
+    _is_convolution: ClassVar[bool] = True
     _dims: ClassVar[int]
 
     in_channels: int
