@@ -10,10 +10,11 @@ cross-entropy on the batch repeated ``S`` times, as in the step benchmark):
 
 - the MLP 64-256-256-10 over ``S`` in {1, 10, 32, 100} and batch in
   {32, 128, 1024};
-- a single ``VITransformerEncoderLayer(d_model=64, nhead=4, dim_feedforward=128,
-  batch_first=True)`` (every other constructor argument explicit, as in the step
-  benchmark), followed by the mean over the sequence and a ``VILinear(64, 10)``
-  head, on a batch of 32 sequences of length 16, over ``S`` in {1, 10, 32, 100}.
+- a ``VITransformerEncoder`` of one ``VITransformerEncoderLayer(d_model=64,
+  nhead=4, dim_feedforward=128, batch_first=True)`` (every other constructor
+  argument explicit, as in the step benchmark), followed by the mean over the
+  sequence and a ``VILinear(64, 10)`` head, on a batch of 32 sequences of length 16,
+  over ``S`` in {1, 10, 32, 100}.
 
 For each setting the three are interleaved round-robin (``--rounds`` rounds
 of ``--steps`` timed steps each, after a warm-up), and the median step time is
@@ -58,7 +59,6 @@ from step_benchmark import (
     D_MODEL,
     DIM_FEEDFORWARD,
     FLOOR,
-    LAYER_NORM_EPS,
     LIBRARIES,
     MODELS,
     NUM_CLASSES,
@@ -67,10 +67,11 @@ from step_benchmark import (
     REFERENCE_LIBRARY,
     SEQUENCE_LENGTH,
     bayesian_train_step,
+    bayesian_transformer,
+    deterministic_transformer,
     floor_train_step,
     import_library,
     library_version,
-    mean_pooled,
     print_environment,
     synchronizer,
 )
@@ -88,46 +89,12 @@ IMPLEMENTATIONS = (*LIBRARIES, FLOOR)
 
 def transformer_layer(vi: ModuleType) -> Any:
     """One Bayesian encoder layer, the mean over the sequence and a linear head."""
-    layer = vi.VITransformerEncoderLayer(
-        d_model=D_MODEL,
-        nhead=NUM_HEADS,
-        dim_feedforward=DIM_FEEDFORWARD,
-        activation=nn.ReLU(),
-        layer_norm_eps=LAYER_NORM_EPS,
-        batch_first=True,
-        norm_first=False,
-        bias=True,
-        rescale_prior=True,
-        kaiming_initialization=True,
-        prior_initialization=False,
-        return_log_probs=True,
-    )
-    head = vi.VILinear(
-        D_MODEL,
-        NUM_CLASSES,
-        bias=True,
-        rescale_prior=False,
-        kaiming_initialization=True,
-        prior_initialization=False,
-        return_log_probs=True,
-    )
-    return mean_pooled(vi.VIModule, layer, head)
+    return bayesian_transformer(vi, num_layers=1)
 
 
 def deterministic_transformer_layer() -> nn.Module:
     """The ``torch.nn`` network of the same shape as ``transformer_layer``."""
-    layer = nn.TransformerEncoderLayer(
-        d_model=D_MODEL,
-        nhead=NUM_HEADS,
-        dim_feedforward=DIM_FEEDFORWARD,
-        dropout=0.0,
-        activation="relu",
-        layer_norm_eps=LAYER_NORM_EPS,
-        batch_first=True,
-        norm_first=False,
-        bias=True,
-    )
-    return mean_pooled(nn.Module, layer, nn.Linear(D_MODEL, NUM_CLASSES))
+    return deterministic_transformer(num_layers=1)
 
 
 @dataclass

@@ -275,7 +275,7 @@ def mean_pooled(base: type[nn.Module], encoder: nn.Module, head: nn.Module) -> A
     return MeanPooled()
 
 
-def bayesian_transformer(vi: ModuleType) -> Any:
+def bayesian_transformer(vi: ModuleType, num_layers: int = NUM_LAYERS) -> Any:
     """Build the mean-pooled Bayesian transformer encoder with the given ``vi``."""
     layer = vi.VITransformerEncoderLayer(
         d_model=D_MODEL,
@@ -292,7 +292,7 @@ def bayesian_transformer(vi: ModuleType) -> Any:
         return_log_probs=True,
     )  # no dropout: torch_blue has none, torch_blue_pyro defaults to 0.0
     encoder = vi.VITransformerEncoder(
-        layer, num_layers=NUM_LAYERS, norm=None, return_log_probs=True
+        layer, num_layers=num_layers, norm=None, return_log_probs=True
     )
     head = vi.VILinear(
         D_MODEL,
@@ -306,7 +306,7 @@ def bayesian_transformer(vi: ModuleType) -> Any:
     return mean_pooled(vi.VIModule, encoder, head)
 
 
-def deterministic_transformer() -> nn.Module:
+def deterministic_transformer(num_layers: int = NUM_LAYERS) -> nn.Module:
     """Build the deterministic ``torch.nn`` transformer of the same shape."""
     layer = nn.TransformerEncoderLayer(
         d_model=D_MODEL,
@@ -320,7 +320,7 @@ def deterministic_transformer() -> nn.Module:
         bias=True,
     )
     encoder = nn.TransformerEncoder(
-        layer, num_layers=NUM_LAYERS, norm=None, enable_nested_tensor=False
+        layer, num_layers=num_layers, norm=None, enable_nested_tensor=False
     )
     return mean_pooled(nn.Module, encoder, nn.Linear(D_MODEL, NUM_CLASSES))
 
