@@ -472,18 +472,48 @@ def test_pyro_mode_uses_the_guides_gaussians(estimator: str) -> None:
 
 
 @pytest.mark.parametrize("estimator", HANDLERS)
-def test_autoguide_draws_fall_back_to_the_plain_convolution(estimator: str) -> None:
-    net = vi.VISequential(vi.VIConv1d(2, 3, 3, padding="same"), nn.ReLU())
-    x = torch.randn(4, 2, 6)
-    guide = AutoNormal(net)
-    with HANDLERS[estimator]():
-        guide_trace = pyro.poutine.trace(guide).get_trace(x)
-        out = pyro.poutine.replay(net, trace=guide_trace)(x)
-    weight = guide_trace.nodes["0.weight"]["value"]
-    bias = guide_trace.nodes["0.bias"]["value"]
-    expected = torch.relu(functional.conv1d(x, weight, bias, padding="same"))
-    assert out.shape == (4, 3, 6)
-    torch.testing.assert_close(out, expected)
+def test_autoguide_draws_use_the_estimator(
+    estimator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # AutoNormal draws each site from Normal(loc, scale).to_event(...): the handler
+    # marks those draws too, and the ELBO keeps its expectation.
+    net = small_cnn()
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))
+    guide = AutoNormal(net_model := _classifier(net))
+    elbo = Trace_ELBO()
+    with torch.no_grad():
+        plain = torch.tensor([elbo.loss(net_model, guide, x, y) for _ in range(300)])
+    calls = _spy_kernels(estimator, monkeypatch)
+    with HANDLERS[estimator](), torch.no_grad():
+        estimated = torch.tensor(
+            [elbo.loss(net_model, guide, x, y) for _ in range(300)]
+        )
+    assert sorted(set(calls)) == sorted(KERNELS[estimator]), calls
+    standard_error = (plain.var() / 300 + estimated.var() / 300).sqrt().item()
+    assert abs(plain.mean().item() - estimated.mean().item()) < 5 * standard_error
+
+
+def _classifier(net: vi.VIModule) -> Callable[..., None]:
+    def model(x: Tensor, y: Tensor | None = None) -> None:
+        with pyro.plate("data", len(x)):
+            logits = pyro.deterministic("logits", net(x))
+            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
+
+    return model
+
+
+def _spy_kernels(estimator: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the names of the estimator's kernels as the layers call them."""
+    calls: list[str] = []
+    for name in KERNELS[estimator]:
+        kernel = getattr(functional, name)
+
+        def spy(*args: Any, _kernel: Callable = kernel, _name: str = name, **kw: Any):
+            calls.append(_name)
+            return _kernel(*args, **kw)
+
+        monkeypatch.setattr(functional, name, spy)
+    return calls
 
 
 KERNELS = {
@@ -503,20 +533,8 @@ def test_vectorized_particles_use_the_estimator(
     # and the vectorized ELBO agrees with the sequential one in distribution.
     net = small_cnn()
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))
-    calls: list[str] = []
-    for name in KERNELS[estimator]:
-        kernel = getattr(functional, name)
-
-        def spy(*args: Any, _kernel: Callable = kernel, _name: str = name, **kw: Any):
-            calls.append(_name)
-            return _kernel(*args, **kw)
-
-        monkeypatch.setattr(functional, name, spy)
-
-    def model(x: Tensor, y: Tensor | None = None) -> None:
-        with pyro.plate("data", len(x)):
-            logits = pyro.deterministic("logits", net(x))
-            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
+    calls = _spy_kernels(estimator, monkeypatch)
+    model = _classifier(net)
 
     with HANDLERS[estimator]():
         predictive = pyro.infer.Predictive(

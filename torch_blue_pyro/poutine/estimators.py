@@ -25,7 +25,10 @@ the convolution, with its stride, padding, dilation and groups).
   drawn one. Its log-probs are those of the drawn weights.
 * **Pyro mode** (SVI with ``model.guide``): the guide's draws carry their Gaussian's
   location and scale; the layers use them as above. The ELBO still scores the drawn
-  weights, which keeps it unbiased. Draws of other guides (autoguides) are not
+  weights, which keeps it unbiased. The handler marks the draws of any guide that
+  samples a weight site from ``Normal(loc, scale).to_event(...)`` the same way,
+  ``AutoNormal``'s included (its site is a ``Delta`` at the identity transform of
+  that draw); other guides' draws (``AutoDiagonalNormal``, low-rank, flows) are not
   marked, and the layers fall back to the plain estimator.
 
 A layer also falls back to plain sampling where its variational distribution is
@@ -41,14 +44,20 @@ keep a model in its mode. Which estimator is active is kept per thread.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any, ClassVar
 
+import torch
+from pyro.distributions import Delta
 from torch import Tensor
+from torch.distributions import Independent, Normal
 
+from ..sites import NormalWeightPosterior
 from .runtime import TransparentMessenger
 
 #: ``infer`` key with which ``model.guide`` marks its Gaussian draws.
 GAUSSIAN_DRAW = "torch_blue_pyro_gaussian"
+_MemoryKey = tuple[int, torch.Size]
 # The attribute of a drawn tensor that holds its Gaussian's (location, scale).
 _GAUSSIAN_MARK = "_torch_blue_pyro_gaussian"
 
@@ -66,6 +75,13 @@ class EstimatorMessenger(TransparentMessenger):
 
     kind: ClassVar[str]
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Marked draws by (data pointer, shape): a weak reference and their Gaussian.
+        self._drawn: dict[
+            _MemoryKey, tuple[weakref.ref[Tensor], tuple[Tensor, Tensor]]
+        ] = {}
+
     def __enter__(self) -> EstimatorMessenger:
         _ACTIVE.stack.append(self)
         super().__enter__()
@@ -75,10 +91,74 @@ class EstimatorMessenger(TransparentMessenger):
         super().__exit__(*exc)
         _ACTIVE.stack.remove(self)
 
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        # Outermost, this handler sees a site last: a latent site still without a
+        # value is about to be drawn from its own distribution (an autoguide's, say);
+        # where that is a Gaussian over the whole site, its draw gets marked too.
+        if (
+            msg["value"] is not None
+            or msg["is_observed"]
+            or msg["done"]
+            or GAUSSIAN_DRAW in msg["infer"]
+        ):
+            return
+        gaussian = _gaussian_of_distribution(msg["fn"])
+        if gaussian is not None:
+            msg["infer"] = {**msg["infer"], GAUSSIAN_DRAW: gaussian}
+
     def _pyro_post_sample(self, msg: dict[str, Any]) -> None:
+        value = msg["value"]
+        if not isinstance(value, Tensor):
+            return
+        key = (value.data_ptr(), value.shape)
         gaussian = msg["infer"].get(GAUSSIAN_DRAW)
-        if gaussian is not None and isinstance(msg["value"], Tensor):
-            setattr(msg["value"], _GAUSSIAN_MARK, gaussian)
+        if gaussian is None and isinstance(msg["fn"], Delta):
+            # An autoguide's site is a Delta at a transform of its Gaussian draw (the
+            # identity for a real-valued weight): the same memory, a new tensor.
+            gaussian = self._gaussian_of_memory(key)
+        if gaussian is not None:
+            setattr(value, _GAUSSIAN_MARK, gaussian)
+            self._remember(key, value, gaussian)
+
+    def _remember(
+        self, key: _MemoryKey, value: Tensor, gaussian: tuple[Tensor, Tensor]
+    ) -> None:
+        """Keep the Gaussian of a marked draw findable by its memory while alive."""
+        if len(self._drawn) > 1024:
+            self._drawn = {k: v for k, v in self._drawn.items() if v[0]() is not None}
+        self._drawn[key] = (weakref.ref(value), gaussian)
+
+    def _gaussian_of_memory(self, key: _MemoryKey) -> tuple[Tensor, Tensor] | None:
+        """The Gaussian of a live marked draw with this memory and shape, if any."""
+        found = self._drawn.get(key)
+        if found is None or found[0]() is None:
+            return None
+        return found[1]
+
+
+def _gaussian_of_distribution(fn: object) -> tuple[Tensor, Tensor] | None:
+    """``(loc, scale)`` of the site's event shape if ``fn`` is a normal over the site.
+
+    ``Normal(loc, scale).to_event(...)`` (as autoguides such as ``AutoNormal`` draw)
+    and :class:`~torch_blue_pyro.sites.NormalWeightPosterior` qualify, also expanded
+    to batch dimensions (Pyro's particle plates) as long as all batch entries share
+    one location and scale.
+    """
+    if isinstance(fn, NormalWeightPosterior):
+        return fn.loc, fn.scale
+    if not isinstance(fn, Independent) or not isinstance(fn.base_dist, Normal):
+        return None
+    event_shape = fn.event_shape
+    if len(fn.base_dist.batch_shape) != len(fn.batch_shape) + len(event_shape):
+        return None
+    shared = []
+    for parameter in (fn.base_dist.loc, fn.base_dist.scale):
+        parameter = parameter.expand(fn.batch_shape + event_shape)
+        leading = parameter.dim() - len(event_shape)
+        if any(parameter.stride(dim) != 0 for dim in range(leading)):
+            return None
+        shared.append(parameter[(0,) * leading])
+    return shared[0], shared[1]
 
 
 class LocalReparameterizationMessenger(EstimatorMessenger):

@@ -117,6 +117,10 @@ class VIModule(PyroModule):
     autosampling: it accepts ``samples`` (default 10) and ``sampled_input`` and
     returns :class:`~torch_blue_pyro.vi.VIReturn` outputs with a leading sample
     dimension (see :meth:`sampled_forward`). Nested modules never add a dimension.
+    The outermost module's attribute ``sample_execution`` (``"auto"``, ``"stacked"``
+    or ``"loop"``) chooses whether the samples run in one stacked pass or one after
+    another on pre-drawn weights; ``"auto"`` loops for convolution networks on the
+    CPU. The results are the same; only speed and memory differ.
 
     Parameters
     ----------

@@ -71,8 +71,8 @@ def estimated_forward(
     -------
     Tensor or None
         ``None`` where the layer must draw its weights as usual: no estimator is
-        active, a variable is not Gaussian (or, in Pyro mode, was not drawn by
-        ``model.guide``, e.g. by an autoguide), the closed-form KL is needed
+        active, a variable is not Gaussian (or, in Pyro mode, was not drawn from
+        a marked Gaussian, e.g. by ``AutoDiagonalNormal``), the closed-form KL is needed
         (local reparameterization on undrawn weights) but the prior is not a
         ``MeanFieldNormal``. (Pyro's vectorized particles are the sample
         dimension here, as in torch_blue mode.)
