@@ -551,3 +551,19 @@ def test_vectorized_particles_use_the_estimator(
             )
     standard_error = single.std().item() / 200**0.5
     assert abs(batched - single.mean().item()) < 5 * standard_error * 2**0.5
+
+
+@pytest.mark.parametrize("estimator", HANDLERS)
+def test_conditioned_weights_are_not_taken_for_prior_draws(estimator: str) -> None:
+    # The handler inside the model, a condition handler outside: the layer must use
+    # the given weights, not the Gaussian of the prior the site was not drawn from.
+    layer = vi.VILinear(3, 2, prior=dist.Normal(0.0, 1.0))
+    x = torch.randn(4, 3)
+    weight, bias = torch.randn(2, 3), torch.randn(2)
+
+    def model(x: Tensor) -> Tensor:
+        with HANDLERS[estimator]():
+            return layer(x)
+
+    conditioned = pyro.poutine.condition(model, data={"weight": weight, "bias": bias})
+    torch.testing.assert_close(conditioned(x), x @ weight.T + bias)

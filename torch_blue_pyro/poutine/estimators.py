@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 
 import torch
 from pyro.distributions import Delta
+from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor
 from torch.distributions import Independent, Normal
 
@@ -92,19 +93,25 @@ class EstimatorMessenger(TransparentMessenger):
         _ACTIVE.stack.remove(self)
 
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
-        # Outermost, this handler sees a site last: a latent site still without a
-        # value is about to be drawn from its own distribution (an autoguide's, say);
-        # where that is a Gaussian over the whole site, its draw gets marked too.
+        # Seen last (no Pyro handler outside this one), a latent site still without
+        # a value is about to be drawn from its own distribution (an autoguide's,
+        # say); where that is a Gaussian over the whole site, its draw gets marked.
         if (
             msg["value"] is not None
             or msg["is_observed"]
             or msg["done"]
             or GAUSSIAN_DRAW in msg["infer"]
+            or not self._processes_last()
         ):
             return
         gaussian = _gaussian_of_distribution(msg["fn"])
         if gaussian is not None:
             msg["infer"] = {**msg["infer"], GAUSSIAN_DRAW: gaussian}
+
+    def _processes_last(self) -> bool:
+        """Whether no handler outside this one could still give a site its value."""
+        outer = _PYRO_STACK[: _PYRO_STACK.index(self)]
+        return all(isinstance(frame, TransparentMessenger) for frame in outer)
 
     def _pyro_post_sample(self, msg: dict[str, Any]) -> None:
         value = msg["value"]
