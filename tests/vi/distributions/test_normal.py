@@ -172,3 +172,21 @@ def test_layers_use_the_fused_draw_for_normal_under_normal_prior() -> None:
         expected[:, 0] += MeanFieldNormal(std=0.5).log_prob_per_sample(values)
         expected[:, 1] += log_q
     torch.testing.assert_close(output.log_probs, expected)
+
+
+def test_prediction_draws_equal_tracked_draws() -> None:
+    # Without gradients the draw reuses the noise's memory; values are unchanged.
+    mean = torch.randn(3, 4, requires_grad=True)
+    log_std = torch.randn(3, 4, requires_grad=True)
+    dist = MeanFieldNormal()
+    seed = torch.seed()
+    tracked, _ = dist.rsample_with_log_prob((mean, log_std), 5, False)
+    assert tracked.requires_grad
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        untracked, log_prob = dist.rsample_with_log_prob((mean, log_std), 5, False)
+    assert log_prob is None and not untracked.requires_grad
+    torch.testing.assert_close(untracked, tracked.detach())
+    # The tracked draw still differentiates (its noise was not overwritten).
+    (grad_mean,) = torch.autograd.grad(tracked.sum(), mean)
+    torch.testing.assert_close(grad_mean, torch.full_like(mean, 5.0))

@@ -149,6 +149,12 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         noise = torch.randn(
             (num_samples, *mean.shape), dtype=mean.dtype, device=mean.device
         )
+        tracked = torch.is_grad_enabled() and (
+            mean.requires_grad or log_std.requires_grad
+        )
+        if not (with_log_prob or tracked):
+            # Prediction: nothing needs the noise afterwards; draw into its memory.
+            return torch.addcmul(mean, log_std.exp(), noise, out=noise), None
         samples = torch.addcmul(mean, log_std.exp(), noise)
         if not with_log_prob:
             return samples, None
