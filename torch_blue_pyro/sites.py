@@ -41,12 +41,60 @@ _Shape = torch.Size | list[int] | tuple[int, ...]
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
-def _sum_squares(values: Tensor, event_dim: int) -> Tensor:
-    """Sums of squares over the last ``event_dim`` dimensions, in one pass."""
+def sum_of_squares(values: Tensor, event_dim: int) -> Tensor:
+    """Sums of squares over the last ``event_dim`` dimensions, in one pass.
+
+    Parameters
+    ----------
+    values: Tensor
+        Any shape.
+    event_dim: int
+        How many trailing dimensions to sum over.
+
+    Returns
+    -------
+    Tensor
+        ``values.shape[:-event_dim]`` (``values.square()`` for ``event_dim=0``).
+    """
     if event_dim == 0:
         return values.square()
     flat = values.reshape(*values.shape[: values.dim() - event_dim], -1)
     return torch.linalg.vector_norm(flat, dim=-1).square()
+
+
+def normal_kl(
+    loc: Tensor,
+    log_scale: Tensor,
+    prior_loc: Tensor | float,
+    prior_log_scale: Tensor | float,
+) -> Tensor:
+    r"""Elementwise KL divergence of one normal from another (the prior).
+
+    For :math:`\mathcal N(\mu, \sigma^2)` from :math:`\mathcal N(m, s^2)`:
+
+    .. math::
+        \log\frac{s}{\sigma} + \frac{\sigma^2 + (\mu - m)^2}{2 s^2} - \frac12
+
+    Parameters
+    ----------
+    loc, log_scale: Tensor
+        :math:`\mu` and :math:`\log\sigma`.
+    prior_loc, prior_log_scale: Tensor or float
+        :math:`m` and :math:`\log s`, broadcastable to ``loc``.
+
+    Returns
+    -------
+    Tensor
+        The broadcast shape of the arguments.
+    """
+    prior_log_scale = torch.as_tensor(prior_log_scale).to(log_scale)
+    spread = torch.exp(2 * log_scale) + (loc - prior_loc).square()
+    return (
+        prior_log_scale
+        - log_scale
+        + spread / (2 * torch.exp(2 * prior_log_scale))
+        - 0.5
+    )
 
 
 class NormalWeightPosterior(dist.TorchDistribution):
@@ -115,9 +163,9 @@ class NormalWeightPosterior(dist.TorchDistribution):
         event_dim = len(self.event_shape)
         drawn = self._drawn
         if drawn is not None and value is drawn[0] and self.loc._version == drawn[2]:
-            squares = _sum_squares(drawn[1], event_dim)
+            squares = sum_of_squares(drawn[1], event_dim)
         else:
-            squares = _sum_squares((value - self.loc) / self.scale, event_dim)
+            squares = sum_of_squares((value - self.loc) / self.scale, event_dim)
         normalizer = self.scale.log().sum() + self.loc.numel() * _HALF_LOG_TWO_PI
         return -0.5 * squares - normalizer
 
@@ -214,19 +262,8 @@ class NormalWeightPrior(dist.TorchDistribution):
 def _normal_kl_sum(
     loc: Tensor, scale: Tensor, prior: NormalWeightPrior, event_dim: int
 ) -> Tensor:
-    r"""Elementwise normal-normal KL, summed over the last ``event_dim`` dimensions.
-
-    .. math::
-        \sum \tfrac12\left(\frac{\sigma^2}{s^2} + \frac{(\mu - m)^2}{s^2} - 1
-        - \log\frac{\sigma^2}{s^2}\right)
-    """
-    variance_ratio = (scale / prior.scale).square()
-    elementwise = 0.5 * (
-        variance_ratio
-        + ((loc - prior.loc) / prior.scale).square()
-        - 1
-        - variance_ratio.log()
-    )
+    """:func:`normal_kl` summed over the last ``event_dim`` dimensions."""
+    elementwise = normal_kl(loc, scale.log(), prior.loc, prior.scale.log())
     return elementwise.reshape(
         *elementwise.shape[: elementwise.dim() - event_dim], -1
     ).sum(-1)

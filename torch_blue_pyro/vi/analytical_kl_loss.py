@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from ..sites import normal_kl
 from .base import VIModule
 from .distributions import (
     MeanFieldNormal,
@@ -115,14 +116,9 @@ class NormalNormalDivergence(KullbackLeiblerModule):
         Tensor
             The divergence, a scalar.
         """
-        prior_log_std = torch.as_tensor(prior_log_std).to(variational_log_std)
-        log_ratio = prior_log_std - variational_log_std
-        prior_variance = torch.exp(2 * prior_log_std)
-        spread = (
-            torch.exp(2 * variational_log_std)
-            + (variational_mean - prior_mean).square()
-        )
-        return (log_ratio + spread / (2 * prior_variance) - 0.5).sum()
+        return normal_kl(
+            variational_mean, variational_log_std, prior_mean, prior_log_std
+        ).sum()
 
 
 class UniformNormalDivergence(KullbackLeiblerModule):

@@ -8,7 +8,6 @@ Pyro-side handlers need (:class:`~torch_blue_pyro.poutine.VariationalSite`,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from pyro.distributions import TorchDistribution
 from pyro.nn.module import _make_name
 from torch import Tensor
 
+from ..sites import normal_kl
 from .distributions.hierarchical import HierarchicalPrior
 from .distributions.normal import MeanFieldNormal, draw_under_normal_prior
 from .utils.errors import UnsupportedDistributionError
@@ -190,19 +190,12 @@ class RandomVariable:
             \sum \log\frac{\sigma_p}{\sigma_q}
             + \frac{\sigma_q^2 + (\mu_q - \mu_p)^2}{2\sigma_p^2} - \frac12
         """
-        gaussian = self.gaussian_parameters()
-        if gaussian is None or type(self.prior) is not MeanFieldNormal:
+        if not self._normal_under_normal_prior():
             return None
-        mean, std = gaussian
-        prior_mean, prior_log_std = float(self.prior.mean), float(self.prior.log_std)
-        prior_variance = math.exp(2 * prior_log_std)
-        kl = (
-            prior_log_std
-            - std.log()
-            + (std.square() + (mean - prior_mean).square()) / (2 * prior_variance)
-            - 0.5
-        )
-        return kl.sum()
+        mean, log_std = self.variational_parameters()
+        prior = self.prior
+        assert isinstance(prior, MeanFieldNormal)
+        return normal_kl(mean, log_std, float(prior.mean), float(prior.log_std)).sum()
 
     def prior_pyro_distribution(self) -> TorchDistribution:
         """The prior as the Pyro distribution of this variable's sample site.

@@ -10,7 +10,7 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor
 from torch.nn import init
 
-from ...sites import NormalWeightPosterior, NormalWeightPrior
+from ...sites import NormalWeightPosterior, NormalWeightPrior, sum_of_squares
 from ..utils.norm_constants import norm_constants_enabled
 from .base import (
     PredictiveDistribution,
@@ -329,8 +329,8 @@ class _NormalDrawUnderNormalPrior(torch.autograd.Function):
         std = log_std.exp()
         samples = torch.addcmul(mean, std, noise)
         centered = samples if prior_mean == 0.0 else samples - prior_mean
-        noise_squares = _squared_norm_per_sample(noise)
-        centered_squares = _squared_norm_per_sample(centered)
+        noise_squares = sum_of_squares(noise, noise.dim() - 1)
+        centered_squares = sum_of_squares(centered, centered.dim() - 1)
         ctx.save_for_backward(std, noise, samples)
         ctx.prior_mean = prior_mean
         ctx.mark_non_differentiable(noise_squares)
@@ -357,11 +357,6 @@ class _NormalDrawUnderNormalPrior(torch.autograd.Function):
         # ``grad`` is ours: reuse its memory for the products with the noise.
         log_std_grad = std * grad.mul_(noise).sum(0)
         return mean_grad, log_std_grad, None, None
-
-
-def _squared_norm_per_sample(values: Tensor) -> Tensor:
-    """``(S,)`` sums of squares of ``(S, *shape)`` values, in one pass."""
-    return torch.linalg.vector_norm(values.view(values.shape[0], -1), dim=1).square()
 
 
 def draw_under_normal_prior(
