@@ -17,7 +17,9 @@ On CUDA it then counts the host-device synchronisations of one training step and
 one prediction of the benchmark MLP with ``torch.cuda.set_sync_debug_mode("warn")``
 (each ``.item()``, ``float(tensor)``, ``bool(tensor)`` or data-dependent shape is
 one), and names where they happen: each one stalls the CPU until the GPU has caught
-up.
+up. It counts them with Pyro's validation on (the default: the value checks of
+outputs and labels run) and off (``vi.utils.value_checks_enabled``: none should
+remain).
 
 Run::
 
@@ -301,11 +303,16 @@ def sync_report(device: torch.device) -> None:
             net(x, samples=10)
 
     train()  # warm up: caches, lazy initialisation
-    for name, step in (("train step", train), ("predict", predict)):
-        count, places = count_syncs(step)
-        print(f"- host-device synchronisations per {name}: {count}")
-        for place in places:
-            print(f"  - {place}")
+    for validation in (True, False):
+        with pyro.validation_enabled(validation):
+            for name, step in (("train step", train), ("predict", predict)):
+                count, places = count_syncs(step)
+                print(
+                    f"- host-device synchronisations per {name} with Pyro's "
+                    f"validation {'on' if validation else 'off'}: {count}"
+                )
+                for place in places:
+                    print(f"  - {place}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,6 +48,7 @@ from .distributions import (
 from .random_variable import RandomVariable
 from .utils.checks import distribution_instance, positive_int
 from .utils.errors import NoVariablesError, UnsupportedDistributionError
+from .utils.validation import value_checks_enabled
 from .utils.vi_return import VIReturn
 
 _D = TypeVar("_D")
@@ -563,7 +564,8 @@ class VIModule(PyroModule):
         sampler = VariationalMessenger(num_samples, sites, self._return_log_probs)
         with sampler:
             output = self._stacked_forward(num_samples, expanded, kwargs)
-        _name_non_finite_parameters(output, sites)
+        if value_checks_enabled():
+            _name_non_finite_parameters(output, sites)
         log_probs = None
         if self._return_log_probs:
             reference: Tensor = next(
@@ -835,8 +837,10 @@ def _name_non_finite_parameters(
         for item in outputs
         if isinstance(item, Tensor) and item.device.type != "meta"  # no values
     ]
-    if all(bool(torch.isfinite(item).all()) for item in checked):
-        return
+    if not checked or bool(
+        torch.stack([item.isfinite().all() for item in checked]).all()
+    ):
+        return  # one read of the device for all outputs
     for site in sites.values():
         for name, parameter in site.named_variational_parameters():
             if not bool(torch.isfinite(parameter).all()):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..utils.validation import value_checks_enabled
 from .base import PredictiveDistribution
 
 
@@ -78,18 +79,15 @@ class Categorical(PredictiveDistribution):
         Raises
         ------
         ValueError
-            If a label is not an integer in ``[0, C)`` or the shapes do not match.
+            If the shapes do not match, or (while
+            :func:`~torch_blue_pyro.vi.utils.value_checks_enabled`) a label is not an
+            integer in ``[0, C)``.
         """
         probs = parameters[0] if isinstance(parameters, (tuple, list)) else parameters
         num_classes = probs.shape[-1]
-        if sample.is_floating_point() and not torch.equal(sample, sample.round()):
-            raise ValueError("target must hold integer class labels, got fractions")
         labels = sample.long()
-        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(
-                f"target labels must lie in [0, {num_classes}) for {num_classes} "
-                f"classes, got values in [{int(labels.min())}, {int(labels.max())}]"
-            )
+        if value_checks_enabled():
+            _check_labels(sample, labels, num_classes)
         if labels.shape != probs.shape[:-1]:
             raise ValueError(
                 f"target of shape {tuple(labels.shape)} does not match predictions of "
@@ -97,3 +95,20 @@ class Categorical(PredictiveDistribution):
             )
         log_probs = torch.log(probs + self.eps)
         return log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def _check_labels(sample: Tensor, labels: Tensor, num_classes: int) -> None:
+    """Refuse fractional labels and labels outside ``[0, num_classes)``.
+
+    The range is read from the device once (one synchronization on a GPU).
+    """
+    if sample.is_floating_point() and not torch.equal(sample, sample.round()):
+        raise ValueError("target must hold integer class labels, got fractions")
+    if not labels.numel():
+        return
+    low, high = torch.stack((labels.min(), labels.max())).tolist()
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"target labels must lie in [0, {num_classes}) for {num_classes} "
+            f"classes, got values in [{low}, {high}]"
+        )

@@ -3,6 +3,7 @@
 from .errors import NoVariablesError, UnsupportedDistributionError
 from .norm_constants import use_norm_constants
 from .post_init_metaclass import PostInitCallMeta
+from .validation import value_checks_enabled
 from .vi_return import VIReturn
 
 __all__ = [
@@ -11,4 +12,5 @@ __all__ = [
     "UnsupportedDistributionError",
     "VIReturn",
     "use_norm_constants",
+    "value_checks_enabled",
 ]
