@@ -27,6 +27,7 @@ from typing import Literal, NamedTuple, TypeAlias
 import torch
 from torch import Tensor
 
+from .sites import HALF_LOG_TWO_PI
 from .vi.utils.checks import positive_int
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
 Binning: TypeAlias = Literal["equal_width", "equal_mass"]
 
 _SUM_TOLERANCE = 1e-3
-_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
 # ---------------------------------------------------------------- input checks
@@ -446,7 +446,7 @@ def gaussian_negative_log_likelihood(
             f"std must be positive, got a minimum of {float(std.detach().min()):g}"
         )
     standardized = (targets - mean) / std
-    values = 0.5 * standardized.square() + std.log() + _HALF_LOG_TWO_PI
+    values = 0.5 * standardized.square() + std.log() + HALF_LOG_TWO_PI
     return values.expand(mean.shape).mean()
 
 

@@ -38,7 +38,8 @@ from torch.distributions import constraints
 from torch.distributions.kl import register_kl
 
 _Shape = torch.Size | list[int] | tuple[int, ...]
-_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+"""The log-normalizer of a standard normal per element, :math:`\tfrac12\\log 2\\pi`."""
 
 
 def sum_of_squares(values: Tensor, event_dim: int) -> Tensor:
@@ -166,12 +167,12 @@ class NormalWeightPosterior(dist.TorchDistribution):
             squares = sum_of_squares(drawn[1], event_dim)
         else:
             squares = sum_of_squares((value - self.loc) / self.scale, event_dim)
-        normalizer = self.scale.log().sum() + self.loc.numel() * _HALF_LOG_TWO_PI
+        normalizer = self.scale.log().sum() + self.loc.numel() * HALF_LOG_TWO_PI
         return -0.5 * squares - normalizer
 
     def entropy(self) -> Tensor:
         r""":math:`\sum\log\sigma + \tfrac n2 (1 + \log 2\pi)`, per batch element."""
-        entropy = self.scale.log().sum() + self.loc.numel() * (0.5 + _HALF_LOG_TWO_PI)
+        entropy = self.scale.log().sum() + self.loc.numel() * (0.5 + HALF_LOG_TWO_PI)
         return entropy.expand(self.batch_shape)
 
 
@@ -249,13 +250,13 @@ class NormalWeightPrior(dist.TorchDistribution):
         centered = value - self.loc
         squares = centered.square().reshape(*value.shape[: value.dim() - event_dim], -1)
         numel = self.event_shape.numel()
-        normalizer = numel * (self.scale.log() + _HALF_LOG_TWO_PI)
+        normalizer = numel * (self.scale.log() + HALF_LOG_TWO_PI)
         return squares.sum(-1) * (-0.5 / self.scale.square()) - normalizer
 
     def entropy(self) -> Tensor:
         r""":math:`n(\log s + \tfrac12(1 + \log 2\pi))`, per batch element."""
         numel = self.event_shape.numel()
-        entropy = numel * (self.scale.log() + 0.5 + _HALF_LOG_TWO_PI)
+        entropy = numel * (self.scale.log() + 0.5 + HALF_LOG_TWO_PI)
         return entropy.expand(self.batch_shape)
 
 

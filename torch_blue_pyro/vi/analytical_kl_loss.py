@@ -2,7 +2,6 @@ r"""AnalyticalKullbackLeiblerLoss: the negative ELBO with the KL term in closed 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -10,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from ..sites import normal_kl
+from ..sites import HALF_LOG_TWO_PI, normal_kl
 from .base import VIModule
 from .distributions import (
     MeanFieldNormal,
@@ -22,8 +21,6 @@ from .distributions import (
 )
 from .kl_loss import _plain, _SampledOutputLoss
 from .utils.norm_constants import norm_constants_enabled
-
-_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
 def _missing_forward(self: KullbackLeiblerModule, *parameters: Any) -> Tensor:
@@ -160,7 +157,7 @@ class UniformNormalDivergence(KullbackLeiblerModule):
         """
         divergence = -(variational_log_std + 0.5).sum()
         if norm_constants_enabled():
-            divergence = divergence - _HALF_LOG_TWO_PI * variational_log_std.numel()
+            divergence = divergence - HALF_LOG_TWO_PI * variational_log_std.numel()
         return divergence
 
 

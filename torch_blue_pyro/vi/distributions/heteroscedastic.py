@@ -9,11 +9,10 @@ import pyro.distributions as pyro_dist
 import torch
 from torch import Tensor
 
+from ...sites import HALF_LOG_TWO_PI
 from ...uncertainty import regression_uncertainty, split_mean_log_sigma
 from ..utils.norm_constants import norm_constants_enabled
 from .base import PredictiveDistribution, _as_parameter_tuple
-
-_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
 class HeteroscedasticNormal(PredictiveDistribution):
@@ -130,7 +129,7 @@ class HeteroscedasticNormal(PredictiveDistribution):
         variance = std.square() + self.eps
         log_prob = -0.5 * ((sample - mean).square() / variance + variance.log())
         if norm_constants_enabled():
-            log_prob = log_prob - _HALF_LOG_TWO_PI
+            log_prob = log_prob - HALF_LOG_TWO_PI
         return log_prob
 
     def log_prob_from_parameters(self, reference: Tensor, parameters: Any) -> Tensor:

@@ -17,6 +17,7 @@ from torch.distributions import biject_to
 from torch.nn import Parameter
 
 from ...poutine.runtime import in_pyro_inference
+from ...sites import HALF_LOG_TWO_PI
 from .base import Prior, _TorchBlueForm
 from .pyro_prior import fit_to_variable
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from ..base import VIModule
 
 _PER = ("variable", "unit", "element")
-_LOG_SQRT_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -369,7 +369,7 @@ class HierarchicalPrior(Prior):
             log_density = (
                 -0.5 * noise.square()
                 - log_scale
-                - _LOG_SQRT_TWO_PI
+                - HALF_LOG_TWO_PI
                 - transform.log_abs_det_jacobian(unconstrained, value)
             )
             log_q.append(log_density.reshape(num_samples, -1).sum(dim=1))

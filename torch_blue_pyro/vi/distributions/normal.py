@@ -10,7 +10,12 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor
 from torch.nn import init
 
-from ...sites import NormalWeightPosterior, NormalWeightPrior, sum_of_squares
+from ...sites import (
+    HALF_LOG_TWO_PI,
+    NormalWeightPosterior,
+    NormalWeightPrior,
+    sum_of_squares,
+)
 from ..utils.norm_constants import norm_constants_enabled
 from .base import (
     PredictiveDistribution,
@@ -22,8 +27,6 @@ from .base import (
 
 if TYPE_CHECKING:
     from ..base import VIModule
-
-_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
 class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
@@ -102,7 +105,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         variance = torch.exp(2 * log_std) + self.eps
         log_prob = -0.5 * ((sample - mean) ** 2 / variance + variance.log())
         if norm_constants_enabled():
-            log_prob = log_prob - _HALF_LOG_TWO_PI
+            log_prob = log_prob - HALF_LOG_TWO_PI
         return log_prob
 
     def sample(self, *parameters: Any) -> Tensor:
@@ -160,7 +163,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
             return samples, None
         log_prob = -0.5 * _sum_per_sample(noise.square()) - log_std.sum()
         if norm_constants_enabled():
-            log_prob = log_prob - _HALF_LOG_TWO_PI * mean.numel()
+            log_prob = log_prob - HALF_LOG_TWO_PI * mean.numel()
         return samples, log_prob
 
     def log_prob_per_sample(
@@ -189,7 +192,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         numel = centered[0].numel()
         log_norm = 0.5 * math.log(variance)
         if norm_constants_enabled():
-            log_norm += _HALF_LOG_TWO_PI
+            log_norm += HALF_LOG_TWO_PI
         return _sum_per_sample(centered.square()) * (-0.5 / variance) - numel * log_norm
 
     def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
@@ -404,6 +407,6 @@ def draw_under_normal_prior(
     log_variational = -0.5 * noise_squares - log_std.sum()
     log_prior = centered_squares * (-0.5 / variance) - 0.5 * numel * math.log(variance)
     if norm_constants_enabled():
-        log_variational = log_variational - _HALF_LOG_TWO_PI * numel
-        log_prior = log_prior - _HALF_LOG_TWO_PI * numel
+        log_variational = log_variational - HALF_LOG_TWO_PI * numel
+        log_prior = log_prior - HALF_LOG_TWO_PI * numel
     return samples, log_prior, log_variational
