@@ -46,6 +46,12 @@ transformer ``nn.TransformerEncoder`` with ``dropout=0.0``) on 10 times the batc
 and Adam, and its plain forward for *predict*.  All models stay in training mode,
 as a Bayesian network is used (with dropout 0 this changes no result).
 
+A last row, *noise only*, times what any implementation with independent weight
+samples cannot avoid: drawing the standard normal noise, ``torch.randn(10, *shape)``
+for every parameter of the floor network (which has the Bayesian network's weight
+shapes), nothing else.  Its ratio to the floor is a lower bound of a sampled
+network's ratio on this machine (for the MLP on a CPU, close to 1 for *predict*).
+
 The implementations are interleaved round-robin (each round runs ``--steps``
 steps of every case, after a warm-up), so that drifts in machine load hit them
 alike.  Every step is timed on its own (on CUDA between two
@@ -108,6 +114,8 @@ PYRO_LIBRARY = "torch_blue_pyro"
 REFERENCE_LIBRARY = "torch_blue"
 BAYESIAN_TORCH = "bayesian_torch"
 FLOOR = "floor"
+NOISE = "noise only"
+"""The weight noise alone (a lower bound, not an implementation)."""
 LIBRARIES = (PYRO_LIBRARY, REFERENCE_LIBRARY)
 """The libraries with a torch_blue ``vi`` API."""
 IMPLEMENTATIONS = (*LIBRARIES, BAYESIAN_TORCH, FLOOR)
@@ -544,6 +552,18 @@ def floor_predict_step(model: nn.Module, x: Tensor) -> Step:
     return step
 
 
+def noise_step(model: nn.Module, samples: int = SAMPLES) -> Step:
+    """Return a closure drawing ``samples`` standard normals per parameter element."""
+    shapes = [(samples, *parameter.shape) for parameter in model.parameters()]
+    device = next(model.parameters()).device
+
+    def step() -> None:
+        for shape in shapes:
+            torch.randn(shape, device=device)
+
+    return step
+
+
 def implementation_steps(
     spec: ModelSpec,
     implementation: str,
@@ -558,6 +578,9 @@ def implementation_steps(
     implementation cannot be imported or does not have the network.
     """
     device = x.device
+    if implementation == NOISE:
+        draw = noise_step(spec.deterministic().to(device), samples)
+        return draw, draw
     if implementation == FLOOR:
         x_floor = x.repeat(samples, *(1,) * (x.dim() - 1))
         y_floor = y.repeat(samples)
@@ -617,7 +640,7 @@ def build_cases(
     cases: list[Case] = []
     versions: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    for implementation in (FLOOR, *LIBRARIES, BAYESIAN_TORCH):
+    for implementation in (FLOOR, *LIBRARIES, BAYESIAN_TORCH, NOISE):
         name = display_name(spec, implementation)
         try:
             train, predict = implementation_steps(spec, implementation, x, y)
@@ -632,7 +655,7 @@ def build_cases(
                 raise
             skipped[implementation] = f"{type(error).__name__}: {error}"
             continue
-        if implementation != FLOOR:
+        if implementation not in (FLOOR, NOISE):
             versions[implementation] = library_version(
                 implementation, sys.modules[implementation.split(".")[0]]
             )
@@ -664,7 +687,7 @@ def format_table(cases: list[Case], floor_name: str) -> str:
     for task in TASKS:
         floor = by_key[(task, floor_name)]
         reference = by_key.get((task, REFERENCE_LIBRARY))
-        for implementation in (*LIBRARIES, BAYESIAN_TORCH, floor_name):
+        for implementation in (*LIBRARIES, BAYESIAN_TORCH, floor_name, NOISE):
             case = by_key.get((task, implementation))
             if case is None:
                 continue
@@ -672,7 +695,7 @@ def format_table(cases: list[Case], floor_name: str) -> str:
             vs_reference = (
                 f"{case.median_ms / reference.median_ms:.2f}"
                 if reference is not None
-                and implementation not in (REFERENCE_LIBRARY, floor_name)
+                and implementation not in (REFERENCE_LIBRARY, floor_name, NOISE)
                 else ""
             )
             lines.append(
