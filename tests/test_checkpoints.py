@@ -81,7 +81,7 @@ def transformer() -> vi.VIModule:
 
 
 def inputs(name: str, n: int = 12) -> Tensor:
-    generator = torch.Generator().manual_seed(5)
+    generator = torch.Generator(torch.get_default_device()).manual_seed(5)
     shape = {"mlp": (n, 6), "cnn": (n, 1, 6, 6), "transformer": (n, 4, 8)}[name]
     return torch.randn(*shape, generator=generator)
 

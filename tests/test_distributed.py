@@ -69,7 +69,7 @@ LR = 2e-3
 
 def _problem() -> tuple[Tensor, Tensor]:
     """The data set, from its own generator so the global RNG is left alone."""
-    generator = torch.Generator().manual_seed(7)
+    generator = torch.Generator(torch.get_default_device()).manual_seed(7)
     x = torch.randn(N_DATA, 4, generator=generator)
     y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 0.5).long()
     return x, y

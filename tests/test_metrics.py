@@ -144,6 +144,7 @@ def test_demo_style_pipeline_from_sampled_logits() -> None:
 
 
 # ------------------------------------------------------- reference: sklearn
+@pytest.mark.cpu_only
 def test_classification_metrics_match_scikit_learn() -> None:
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
     probabilities, labels = _random_problem()
@@ -170,6 +171,7 @@ def test_classification_metrics_match_scikit_learn() -> None:
     assert brier_score(probabilities, labels).item() == pytest.approx(reference)
 
 
+@pytest.mark.cpu_only
 def test_ood_metrics_match_scikit_learn_with_ties() -> None:
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
     # Rounded scores: many ties within and across the two sets.
@@ -217,6 +219,7 @@ def test_ood_metrics_by_hand() -> None:
     assert ood_fpr_at_tpr(scores_in, scores_out, tpr=0.3).item() == 0.0
 
 
+@pytest.mark.cpu_only
 def test_aupr_in_by_negating_and_swapping() -> None:
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
     scores_in, scores_out = torch.randn(50), torch.randn(30) + 1

@@ -58,7 +58,7 @@ def norm_constants() -> Iterator[None]:
 
 def blobs(dtype: torch.dtype, n: int = 64) -> tuple[Tensor, Tensor]:
     """Two separable classes in 2-D, from a generator of their own."""
-    generator = torch.Generator().manual_seed(3)
+    generator = torch.Generator(torch.get_default_device()).manual_seed(3)
     y = torch.arange(n) % 2
     x = torch.randn(n, 2, generator=generator, dtype=dtype) + 2.5 * (2 * y[:, None] - 1)
     return x, y

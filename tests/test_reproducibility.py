@@ -38,7 +38,7 @@ def seed_everything(seed: int) -> None:
 
 
 def data() -> tuple[Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(torch.get_default_device()).manual_seed(0)
     x = torch.randn(48, 4, generator=generator)
     return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
 

@@ -437,6 +437,7 @@ def test_without_bias_the_bias_is_none() -> None:
     ]
 
 
+@pytest.mark.cpu_only
 def test_dtype_and_device_arguments() -> None:
     layer = vi.VIConv1d(4, 6, 3, dtype=torch.float64, device="cpu")
     assert all(p.dtype == torch.float64 for p in layer.parameters())

@@ -90,6 +90,7 @@ def test_bad_sizes_are_rejected(bad) -> None:
         vi.VILinear(3, bad)
 
 
+@pytest.mark.cpu_only
 def test_dtype_and_device_arguments() -> None:
     layer = vi.VILinear(4, 3, dtype=torch.float64, device="cpu")
     assert all(p.dtype == torch.float64 for p in layer.parameters())

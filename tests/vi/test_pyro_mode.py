@@ -131,7 +131,9 @@ def digits() -> tuple[torch.Tensor, ...]:
     data = datasets.load_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0
     y = torch.tensor(data.target)
-    permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    permutation = torch.randperm(
+        len(y), generator=torch.Generator(torch.get_default_device()).manual_seed(0)
+    )
     x, y = x[permutation], y[permutation]
     return x[:1400], y[:1400], x[1400:], y[1400:]
 

@@ -162,7 +162,9 @@ def digits(hidden: int) -> tuple:
     data = datasets.load_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0
     y = torch.tensor(data.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    order = torch.randperm(
+        len(y), generator=torch.Generator(torch.get_default_device()).manual_seed(0)
+    )
     x, y = x[order], y[order]
     net = vi.VISequential(vi.VILinear(64, hidden), nn.Tanh(), vi.VILinear(hidden, 10))
     return net, x[:1200], y[:1200], x[1200:], y[1200:]
