@@ -48,7 +48,7 @@ from .distributions import (
 from .random_variable import RandomVariable
 from .utils.checks import distribution_instance, positive_int
 from .utils.errors import NoVariablesError, UnsupportedDistributionError
-from .utils.validation import value_checks_enabled
+from .utils.validation import all_finite, value_checks_enabled
 from .utils.vi_return import VIReturn
 
 _D = TypeVar("_D")
@@ -837,10 +837,8 @@ def _name_non_finite_parameters(
         for item in outputs
         if isinstance(item, Tensor) and item.device.type != "meta"  # no values
     ]
-    if not checked or bool(
-        torch.stack([item.isfinite().all() for item in checked]).all()
-    ):
-        return  # one read of the device for all outputs
+    if not checked or all_finite(*checked):
+        return
     for site in sites.values():
         for name, parameter in site.named_variational_parameters():
             if not bool(torch.isfinite(parameter).all()):

@@ -14,7 +14,7 @@ from torch.nn import Module
 from .distributions import PredictiveDistribution
 from .utils.checks import distribution_instance, positive_int
 from .utils.errors import UnsupportedDistributionError
-from .utils.validation import value_checks_enabled
+from .utils.validation import all_finite, value_checks_enabled
 from .utils.vi_return import VIReturn
 
 
@@ -106,7 +106,8 @@ def _check_finite_on_device(samples: Tensor, target: Tensor) -> None:
     """Refuse a target on another device and NaN or inf in target or output.
 
     The finiteness is read from the device once (one synchronization on a GPU), and
-    only while :func:`~torch_blue_pyro.vi.utils.value_checks_enabled`.
+    only while :func:`~torch_blue_pyro.vi.utils.value_checks_enabled`; the errors
+    are worked out only when something is not finite.
     """
     if target.device != samples.device:
         raise ValueError(
@@ -115,15 +116,14 @@ def _check_finite_on_device(samples: Tensor, target: Tensor) -> None:
         )
     if not value_checks_enabled():
         return
-    output_finite = torch.isfinite(samples).all()
+    checked = (samples, target) if target.is_floating_point() else (samples,)
+    if all_finite(*checked):
+        return
     if target.is_floating_point():
-        bad_target = (~torch.isfinite(target)).sum()
-        bad, output_ok = torch.stack((bad_target, output_finite.long())).tolist()
-    else:
-        bad, output_ok = 0, bool(output_finite)
-    if bad:
-        raise ValueError(f"target must be finite, got {bad} NaN or inf value(s)")
-    if not output_ok:
+        bad = int((~torch.isfinite(target)).sum())
+        if bad:
+            raise ValueError(f"target must be finite, got {bad} NaN or inf value(s)")
+    if not bool(torch.isfinite(samples).all()):
         raise ValueError(
             "model_output holds NaN or inf values: check the inputs and the "
             "parameters (a diverged training run shows this first)"

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from torch_blue_pyro import vi
 from torch_blue_pyro.vi.utils import value_checks_enabled
+from torch_blue_pyro.vi.utils.validation import all_finite
 
 META = torch.device("meta")
 
@@ -112,3 +113,34 @@ def test_without_validation_bad_values_are_not_caught() -> None:
         loss_fn(net(x, samples=2), labels)
     with pyro.validation_enabled(False):
         assert torch.isnan(loss_fn(net(x, samples=2), labels))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("position", [0, 7, -1])
+def test_all_finite_finds_any_non_finite_element(bad: float, position: int) -> None:
+    finite = torch.randn(3, 5)
+    tainted = torch.randn(4, 6)
+    tainted.view(-1)[position] = bad
+    assert all_finite(finite) and all_finite(finite, finite.double())
+    assert not all_finite(tainted)
+    assert not all_finite(finite, tainted)  # in any of the tensors
+
+
+def test_all_finite_when_the_sum_overflows() -> None:
+    """Finite values whose sum is inf take the elementwise test, and pass it."""
+    huge = torch.full((4,), 3e38)
+    assert torch.isinf(huge.sum())
+    assert all_finite(huge)
+    assert not all_finite(torch.cat([huge, torch.tensor([float("nan")])]))
+
+
+def test_all_finite_of_integers_and_booleans() -> None:
+    assert all_finite(torch.arange(10), torch.ones(3, dtype=torch.bool))
+
+
+def test_huge_finite_outputs_are_not_mistaken_for_nan() -> None:
+    """A loss whose output sums overflow still sees finite outputs (no false error)."""
+    loss_fn = vi.KullbackLeiblerLoss(vi.distributions.Categorical(), dataset_size=10)
+    output = vi.VIReturn.from_tensor(torch.full((2, 5, 3), 3e38), torch.zeros(2, 2))
+    loss = loss_fn(output, torch.zeros(5, dtype=torch.long))
+    assert torch.isfinite(loss)
