@@ -641,8 +641,11 @@ class VIModule(PyroModule):
             return False
         parameter = next(self.parameters(), None)
         on_cpu = parameter is None or parameter.device.type == "cpu"
+        # The flag is read from the class: a missing instance attribute would go
+        # through nn.Module's and Pyro's __getattr__ and raise, for every module.
         return on_cpu and any(
-            isinstance(module, _ConvNd) or getattr(module, "_is_convolution", False)
+            isinstance(module, _ConvNd)
+            or getattr(type(module), "_is_convolution", False)
             for module in self.modules()
         )
 
