@@ -39,7 +39,7 @@ from torch.distributions.kl import register_kl
 
 _Shape = torch.Size | list[int] | tuple[int, ...]
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
-"""The log-normalizer of a standard normal per element, :math:`\tfrac12\\log 2\\pi`."""
+r"""The log-normalizer of a standard normal per element, :math:`\tfrac12\log 2\pi`."""
 
 
 def sum_of_squares(values: Tensor, event_dim: int) -> Tensor:

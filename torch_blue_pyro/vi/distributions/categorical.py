@@ -100,7 +100,8 @@ class Categorical(PredictiveDistribution):
 def _check_labels(sample: Tensor, labels: Tensor, num_classes: int) -> None:
     """Refuse fractional labels and labels outside ``[0, num_classes)``.
 
-    The range is read from the device once (one synchronization on a GPU).
+    The range is read from the device once (one synchronization on a GPU; labels of a
+    floating-point dtype take one more for the test for fractions).
     """
     if sample.is_floating_point() and not torch.equal(sample, sample.round()):
         raise ValueError("target must hold integer class labels, got fractions")
