@@ -2,7 +2,7 @@
 
 What is measured
 ----------------
-One of three small networks (``--model``), built with the ``vi`` API of
+One of four small networks (``--model``), built with the ``vi`` API of
 
 - ``torch_blue_pyro`` (``from torch_blue_pyro import vi``),
 - ``torch_blue`` (``from torch_blue import vi``), the library it replaces, and
@@ -13,6 +13,10 @@ One of three small networks (``--model``), built with the ``vi`` API of
 ``mlp`` (default)
     The MLP 64-256-256-10 (``VILinear``, ``ReLU``, ``VILinear``, ``ReLU``,
     ``VILinear`` in a ``VISequential``) on a batch of 128 rows.
+``small``
+    The same MLP with layers 16-32-32-10 on a batch of 16 rows: about 2k weights,
+    so the per-call overhead (Python, Pyro's sample sites, the checks) decides the
+    step time, not the arithmetic.
 ``cnn``
     ``VIConv2d(1, 16, 3, padding=1)``, ``ReLU``, ``VIConv2d(16, 32, 3, padding=1)``,
     ``ReLU``, ``nn.Flatten()``, ``VILinear(2048, 10)`` in a ``VISequential``, on a
@@ -65,9 +69,10 @@ scaling and compile benchmarks in this folder.
 Run
 ---
     python benchmarks/step_benchmark.py                      # the MLP
+    python benchmarks/step_benchmark.py --model small
     python benchmarks/step_benchmark.py --model cnn
     python benchmarks/step_benchmark.py --model transformer
-    python benchmarks/step_benchmark.py --all                # all three in turn
+    python benchmarks/step_benchmark.py --all                # all four in turn
     python benchmarks/step_benchmark.py --all --device cuda  # on a GPU
 
 (``--threads``, ``--rounds``, ``--steps`` and ``--warmup`` change the defaults.)
@@ -85,6 +90,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -93,6 +99,8 @@ import torch
 from torch import Tensor, nn
 
 LAYER_SIZES = (64, 256, 256, 10)
+SMALL_LAYER_SIZES = (16, 32, 32, 10)
+"""The small MLP: a few thousand weights, where the per-call overhead decides."""
 NUM_CLASSES = 10
 SAMPLES = 10
 DATASET_SIZE = 10_000
@@ -154,9 +162,9 @@ class Case:
 # with it (a ``VIModule`` of that library, hence typed ``Any``).
 
 
-def bayesian_mlp(vi: ModuleType) -> Any:
-    """Build the Bayesian MLP 64-256-256-10 with the given ``vi`` module."""
-    d_in, h1, h2, d_out = LAYER_SIZES
+def bayesian_mlp(vi: ModuleType, sizes: tuple[int, int, int, int] = LAYER_SIZES) -> Any:
+    """Build the Bayesian MLP (64-256-256-10 by default) with the given ``vi``."""
+    d_in, h1, h2, d_out = sizes
     return vi.VISequential(
         vi.VILinear(d_in, h1),
         nn.ReLU(),
@@ -166,9 +174,9 @@ def bayesian_mlp(vi: ModuleType) -> Any:
     )
 
 
-def deterministic_mlp() -> nn.Module:
+def deterministic_mlp(sizes: tuple[int, int, int, int] = LAYER_SIZES) -> nn.Module:
     """Build the deterministic ``torch.nn`` MLP of the same shape."""
-    d_in, h1, h2, d_out = LAYER_SIZES
+    d_in, h1, h2, d_out = sizes
     return nn.Sequential(
         nn.Linear(d_in, h1),
         nn.ReLU(),
@@ -234,9 +242,11 @@ class BayesianTorchNet(nn.Module):
         return torch.stack(kls).sum()
 
 
-def bayesian_torch_mlp(layers: ModuleType) -> BayesianTorchNet:
-    """Build the MLP 64-256-256-10 with ``bayesian_torch.layers``."""
-    d_in, h1, h2, d_out = LAYER_SIZES
+def bayesian_torch_mlp(
+    layers: ModuleType, sizes: tuple[int, int, int, int] = LAYER_SIZES
+) -> BayesianTorchNet:
+    """Build the MLP (64-256-256-10 by default) with ``bayesian_torch.layers``."""
+    d_in, h1, h2, d_out = sizes
     return BayesianTorchNet(
         layers.LinearReparameterization(d_in, h1),
         nn.ReLU(),
@@ -359,6 +369,18 @@ MODELS: dict[str, ModelSpec] = {
         bayesian=bayesian_mlp,
         deterministic=deterministic_mlp,
         bayesian_torch=bayesian_torch_mlp,
+    ),
+    "small": ModelSpec(
+        title=(
+            "Bayesian MLP " + "-".join(map(str, SMALL_LAYER_SIZES)) + " (small: the "
+            "per-call overhead decides)"
+        ),
+        floor="floor (torch MLP)",
+        batch_size=16,
+        input_shape=(SMALL_LAYER_SIZES[0],),
+        bayesian=partial(bayesian_mlp, sizes=SMALL_LAYER_SIZES),
+        deterministic=partial(deterministic_mlp, sizes=SMALL_LAYER_SIZES),
+        bayesian_torch=partial(bayesian_torch_mlp, sizes=SMALL_LAYER_SIZES),
     ),
     "cnn": ModelSpec(
         title=(
