@@ -307,13 +307,20 @@ class VIModule(PyroModule):
         NoVariablesError
             If the module has no random variables or ``variable`` is ``None``.
         """
-        self._require_variable(variable, "to get")
-        dist = self.variational_distribution[variable]
+        shapes = self.__dict__.get("_variable_shapes")
+        dist = self.variational_distribution.get(variable) if shapes else None
+        if dist is None or variable not in shapes:  # type: ignore[operator]
+            self._require_variable(variable, "to get")  # raises, naming the problem
         assert dist is not None
-        return [
-            getattr(self, self.variational_parameter_name(variable, parameter))
-            for parameter in dist.distribution_parameters
-        ]
+        # Called several times per weight and forward pass: read the parameters from
+        # nn.Module's registry, not through the __getattr__ chain.
+        registered = self.__dict__["_parameters"]
+        values = []
+        for parameter in dist.distribution_parameters:
+            name = self.variational_parameter_name(variable, parameter)
+            value = registered.get(name)
+            values.append(getattr(self, name) if value is None else value)
+        return values
 
     def reset_variational_parameters(self) -> None:
         """(Re-)initialize the variational parameters of the module's own variables.
