@@ -167,6 +167,32 @@ def test_torch_blue_log_probs_are_the_hierarchical_elbo_terms(
         torch.testing.assert_close(out.log_probs[sample, 1], log_q)
 
 
+@pytest.mark.parametrize("local", ["element", "unit"])
+@pytest.mark.parametrize("shape", [(5, 4), (5,), (3, 2, 4)])
+def test_horseshoe_closed_form_equals_the_generic_log_joint(
+    local: str, shape: tuple[int, ...]
+) -> None:
+    """Values and gradients of the written-out densities against the distributions'."""
+    prior = Horseshoe(0.3, local=local)
+    hyper = {
+        name: (
+            torch.rand(3, *spec.shape(shape), dtype=torch.float64) * 2 + 0.05
+        ).requires_grad_()
+        for name, spec in prior.hyper_variables().items()
+    }
+    samples = torch.randn(3, *shape, dtype=torch.float64, requires_grad=True)
+    closed_form = prior.log_joint_per_sample(samples, hyper)
+    generic = HierarchicalPrior.log_joint_per_sample(prior, samples, hyper)
+    torch.testing.assert_close(closed_form, generic)
+    inputs = [samples, *hyper.values()]
+    for ours, reference in zip(
+        torch.autograd.grad(closed_form.sum(), inputs),
+        torch.autograd.grad(generic.sum(), inputs),
+        strict=True,
+    ):
+        torch.testing.assert_close(ours, reference)
+
+
 def test_kl_loss_reaches_the_hyper_factors() -> None:
     net = horseshoe_net()
     out = net(torch.randn(5, 4), samples=4)
