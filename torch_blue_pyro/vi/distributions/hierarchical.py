@@ -18,7 +18,7 @@ from torch.nn import Parameter
 
 from ...poutine.runtime import in_pyro_inference
 from ...sites import HALF_LOG_TWO_PI, sum_of_squares
-from .base import Prior, _TorchBlueForm
+from .base import Prior, _sum_per_sample, _TorchBlueForm
 from .pyro_prior import fit_to_variable
 
 if TYPE_CHECKING:
@@ -26,11 +26,6 @@ if TYPE_CHECKING:
 
 _PER = ("variable", "unit", "element")
 _LOG_TWO_OVER_PI = math.log(2 / math.pi)
-
-
-def _per_sample_sum(values: Tensor, num_samples: int) -> Tensor:
-    """``(S,)`` sums of ``(S, *)`` values over all but the sample dimension."""
-    return values.reshape(num_samples, -1).sum(dim=1)
 
 
 @dataclass(frozen=True)
@@ -378,7 +373,7 @@ class HierarchicalPrior(Prior):
                 - HALF_LOG_TWO_PI
                 - transform.log_abs_det_jacobian(unconstrained, value)
             )
-            log_q.append(log_density.reshape(num_samples, -1).sum(dim=1))
+            log_q.append(_sum_per_sample(log_density))
             hyper[name] = value
         return hyper, torch.stack(log_q).sum(dim=0)
 
@@ -650,20 +645,18 @@ class Horseshoe(HierarchicalPrior):
             ``(S,)``.
         """
         tau, local = hyper["tau"], hyper["lambda"]
-        num_samples, event_dim = samples.shape[0], samples.dim() - 1
+        numel = samples[0].numel()
         scale = tau * local  # the shape of the local scales, broadcast over the rest
-        repeats = samples[0].numel() // scale[0].numel()
+        repeats = numel // scale[0].numel()  # elements sharing each scale
         log_conditional = (
-            -0.5 * sum_of_squares(samples / scale, event_dim)
-            - repeats * _per_sample_sum(scale.log(), num_samples)
-            - samples[0].numel() * HALF_LOG_TWO_PI
+            -0.5 * sum_of_squares(samples / scale, samples.dim() - 1)
+            - repeats * _sum_per_sample(scale.log())
+            - numel * HALF_LOG_TWO_PI
         )
-        log_global = -_per_sample_sum(
-            torch.log1p((tau / self.global_scale).square()), num_samples
+        log_global = -_sum_per_sample(
+            torch.log1p((tau / self.global_scale).square())
         ) + (_LOG_TWO_OVER_PI - math.log(self.global_scale))
-        log_local = _per_sample_sum(
-            _LOG_TWO_OVER_PI - torch.log1p(local.square()), num_samples
-        )
+        log_local = _sum_per_sample(_LOG_TWO_OVER_PI - torch.log1p(local.square()))
         return log_conditional + log_global + log_local
 
     def conditional(

@@ -9,7 +9,7 @@ import torch
 from pyro.distributions import TorchDistribution
 from torch import Tensor
 
-from .base import Prior
+from .base import Prior, _sum_per_sample
 
 if TYPE_CHECKING:
     from ..base import VIModule
@@ -177,8 +177,7 @@ class PyroPrior(Prior):
         Tensor
             ``(S,)``.
         """
-        values = self.distribution.log_prob(samples)
-        return values.reshape(samples.shape[0], -1).sum(dim=1)
+        return _sum_per_sample(self.distribution.log_prob(samples))
 
     def pyro_prior(
         self,
