@@ -8,6 +8,7 @@ from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO
 from torch import nn
 
+from tests.data import shuffled_digits
 from torch_blue_pyro import vi
 from torch_blue_pyro.vi.distributions import Categorical
 
@@ -127,14 +128,7 @@ def test_predictive_with_the_guide() -> None:
 
 
 def digits() -> tuple[torch.Tensor, ...]:
-    datasets = pytest.importorskip("sklearn.datasets")
-    data = datasets.load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target)
-    permutation = torch.randperm(
-        len(y), generator=torch.Generator(torch.get_default_device()).manual_seed(0)
-    )
-    x, y = x[permutation], y[permutation]
+    x, y = shuffled_digits()
     return x[:1400], y[:1400], x[1400:], y[1400:]
 
 

@@ -16,6 +16,7 @@ from pyro.infer.autoguide import (
 )
 from torch import nn
 
+from tests.data import shuffled_digits
 from torch_blue_pyro import vi
 from torch_blue_pyro.vi.distributions import MeanFieldNormal, PyroPrior
 
@@ -158,14 +159,7 @@ def test_mean_field_elbo_uses_the_closed_form_kl() -> None:
 
 def digits(hidden: int) -> tuple:
     """Digits, and a network small enough for every autoguide."""
-    datasets = pytest.importorskip("sklearn.datasets")
-    data = datasets.load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target)
-    order = torch.randperm(
-        len(y), generator=torch.Generator(torch.get_default_device()).manual_seed(0)
-    )
-    x, y = x[order], y[order]
+    x, y = shuffled_digits()
     net = vi.VISequential(vi.VILinear(64, hidden), nn.Tanh(), vi.VILinear(hidden, 10))
     return net, x[:1200], y[:1200], x[1200:], y[1200:]
 

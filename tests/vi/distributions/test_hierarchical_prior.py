@@ -12,6 +12,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from torch import Tensor, nn
 
+from tests.data import shuffled_digits
 from torch_blue_pyro import vi
 from torch_blue_pyro.vi.distributions import (
     Categorical,
@@ -244,14 +245,7 @@ def test_get_log_probs_includes_one_draw_of_the_hyper_variables() -> None:
 
 
 def digits() -> tuple[Tensor, ...]:
-    datasets = pytest.importorskip("sklearn.datasets")
-    data = datasets.load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target)
-    order = torch.randperm(
-        len(y), generator=torch.Generator(torch.get_default_device()).manual_seed(0)
-    )
-    x, y = x[order], y[order]
+    x, y = shuffled_digits()
     return x[:1200], y[:1200], x[1200:], y[1200:]
 
 
