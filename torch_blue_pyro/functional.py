@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from .amp import autocast_backward, autocast_forward
+
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     r"""Affine map :math:`y = x W^\top + b`, per weight sample when ``weight`` is 3-D.
@@ -42,7 +44,8 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         output = F.linear(rows, weight.reshape(-1, in_features))
         output = output.view(-1, num_samples, out_features).transpose(0, 1)
         if bias is not None:
-            output = output + bias.unsqueeze(1)
+            # In the product's dtype, which autocast may have lowered (as F.linear's).
+            output = output + bias.unsqueeze(1).to(output.dtype)
     else:
         rows = input.reshape(num_samples, -1, in_features)
         output = _PerSampleLinear.apply(rows, weight, bias)
@@ -58,10 +61,12 @@ class _PerSampleLinear(torch.autograd.Function):
     Autograd would form the weight gradient as :math:`(X_s^\top G_s)^\top`, which
     for a wide input and a narrow output (a classifier head on 2048 features, say)
     is several times slower than :math:`G_s^\top X_s`; this computes whichever
-    product leads with the smaller of ``out`` and ``in``.
+    product leads with the smaller of ``out`` and ``in``. Under ``torch.autocast``
+    the products run in the autocast dtype, the backward's too.
     """
 
     @staticmethod
+    @autocast_forward
     def forward(ctx: Any, rows: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(rows, weight)
         transposed = weight.transpose(1, 2)
@@ -70,6 +75,7 @@ class _PerSampleLinear(torch.autograd.Function):
         return bias.unsqueeze(1).baddbmm(rows, transposed)
 
     @staticmethod
+    @autocast_backward
     def backward(
         ctx: Any, grad: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:

@@ -37,6 +37,8 @@ from torch import Tensor
 from torch.distributions import constraints
 from torch.distributions.kl import register_kl
 
+from .amp import accumulation_dtype
+
 _Shape = torch.Size | list[int] | tuple[int, ...]
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 r"""The log-normalizer of a standard normal per element, :math:`\tfrac12\log 2\pi`."""
@@ -44,6 +46,9 @@ r"""The log-normalizer of a standard normal per element, :math:`\tfrac12\log 2\p
 
 def sum_of_squares(values: Tensor, event_dim: int) -> Tensor:
     """Sums of squares over the last ``event_dim`` dimensions, in one pass.
+
+    Accumulated in at least ``float32`` (see
+    :func:`~torch_blue_pyro.amp.accumulation_dtype`).
 
     Parameters
     ----------
@@ -60,7 +65,8 @@ def sum_of_squares(values: Tensor, event_dim: int) -> Tensor:
     if event_dim == 0:
         return values.square()
     flat = values.reshape(*values.shape[: values.dim() - event_dim], -1)
-    return torch.linalg.vector_norm(flat, dim=-1).square()
+    dtype = accumulation_dtype(values.dtype)
+    return torch.linalg.vector_norm(flat, dim=-1, dtype=dtype).square()
 
 
 def normal_kl(

@@ -9,6 +9,7 @@ pass then runs once on the stacked weights.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ import torch
 from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor
 
+from ..amp import accumulation_dtype
 from .runtime import TransparentMessenger
 
 
@@ -94,13 +96,19 @@ class VariationalMessenger(TransparentMessenger):
         Returns
         -------
         Tensor
-            Per sample, the sums over all drawn sites.
+            Per sample, the sums over all drawn sites, in at least ``float32``.
         """
-        if not self._log_prior:
-            return reference.new_zeros((self.num_samples, 2))
-        log_prior = torch.stack(self._log_prior).sum(dim=0)
-        log_variational = torch.stack(self._log_variational).sum(dim=0)
-        return torch.stack((log_prior, log_variational), dim=1)
+        terms = self._log_prior + self._log_variational
+        dtype = functools.reduce(
+            torch.promote_types,
+            (term.dtype for term in terms),
+            accumulation_dtype(reference.dtype),
+        )
+        if not terms:
+            return reference.new_zeros((self.num_samples, 2), dtype=dtype)
+        log_prior = torch.stack([t.to(dtype) for t in self._log_prior]).sum(dim=0)
+        log_variational = torch.stack([t.to(dtype) for t in self._log_variational])
+        return torch.stack((log_prior, log_variational.sum(dim=0)), dim=1)
 
 
 def active_sampler() -> VariationalMessenger | None:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from ..amp import full_precision
 from ..sites import HALF_LOG_TWO_PI, normal_kl
 from .base import VIModule
 from .distributions import (
@@ -421,12 +422,16 @@ def _flat_parameters(
     """Prior and variational parameters of ``variables``, flattened and concatenated.
 
     Each prior parameter is broadcast to one value per element (``None`` to zeros).
+    All are in at least ``float32``, the dtype the KL terms are accumulated in.
     """
     prior_columns: list[list[Tensor]] = []
     variational_columns: list[list[Tensor]] = []
     for module, variable in variables:
         assert isinstance(module, VIModule)
-        parameters = module.get_variational_parameters(variable)
+        parameters = [
+            full_precision(value)
+            for value in module.get_variational_parameters(variable)
+        ]
         reference = parameters[0]
         prior = module.prior[variable]
         assert prior is not None

@@ -45,6 +45,8 @@ from .distributions import (
     PyroPrior,
     VariationalDistribution,
 )
+from .normalization import RunningStatistics
+from .per_sample import SampledCall, run_per_sample
 from .random_variable import RandomVariable
 from .utils.checks import distribution_instance, positive_int
 from .utils.errors import NoVariablesError, UnsupportedDistributionError
@@ -58,7 +60,10 @@ class _CallState(threading.local):
     """Per-thread state of the outermost VIModule call in progress."""
 
     depth: int = 0
+    #: ``S`` while tensors carry the leading sample dimension (see below).
     num_samples: int | None = None
+    #: The outermost call that evaluates stacked samples, while it runs.
+    sampled: SampledCall | None = None
 
 
 _CALL = _CallState()
@@ -79,6 +84,11 @@ def current_num_samples() -> int | None:
         The number of weight samples being evaluated.
     """
     return _CALL.num_samples
+
+
+def current_sampled_call() -> SampledCall | None:
+    """The outermost call evaluating stacked samples in progress, if any."""
+    return _CALL.sampled
 
 
 class _PriorOf:
@@ -622,16 +632,27 @@ class VIModule(PyroModule):
     def _stacked_forward(
         self, num_samples: int, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """Run ``forward`` on inputs and weights leading with ``S`` stacked samples."""
+        """Run ``forward`` on inputs and weights leading with ``S`` stacked samples.
+
+        The running statistics of normalization layers are updated once, when the
+        forward pass has succeeded (see :mod:`~torch_blue_pyro.vi.normalization`).
+        """
+        statistics = RunningStatistics.of(self, num_samples)
         _CALL.num_samples = num_samples
+        _CALL.sampled = SampledCall(num_samples, self, statistics)
         try:
             if self._loops_over_samples():
-                return self._call_per_sample(num_samples, args, kwargs, loop=True)
-            if self.handles_sample_dim:
-                return PyroModule.__call__(self, *args, **kwargs)
-            return self._call_per_sample(num_samples, args, kwargs)
+                output = self._call_per_sample(num_samples, args, kwargs, loop=True)
+            elif self.handles_sample_dim:
+                output = PyroModule.__call__(self, *args, **kwargs)
+            else:
+                output = self._call_per_sample(num_samples, args, kwargs)
         finally:
             _CALL.num_samples = None
+            _CALL.sampled = None
+        if statistics is not None:
+            statistics.commit()
+        return output
 
     def _loops_over_samples(self) -> bool:
         """Whether this outermost module runs its samples one by one (see class)."""
@@ -667,11 +688,12 @@ class VIModule(PyroModule):
 
         Every random variable of this subtree is drawn (stacked) first; each access
         then reads its own draw, so ``self.weight`` has the variable's shape and
-        built-in submodules take their single-sample path. Tensor arguments whose
-        first dimension is ``S`` are split along it; others are shared by all
-        samples. The samples run under :func:`torch.vmap`, or with ``loop`` one after
-        another, their outputs stacked.
+        built-in submodules take their single-sample path. The samples run under
+        :func:`torch.vmap`, or with ``loop`` one after another (see
+        :func:`~torch_blue_pyro.vi.per_sample.run_per_sample`).
         """
+        call = _CALL.sampled
+        assert call is not None and call.num_samples == num_samples
         context = self.__dict__["_pyro_context"]
         with context:
             draws = _draw(self._bind_submodules())
@@ -686,44 +708,7 @@ class VIModule(PyroModule):
                     _CALL.num_samples = num_samples
                     context.cache.update(saved)
 
-            in_dims = tuple(
-                0
-                if isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] == num_samples
-                else None
-                for x in args
-            )
-            if not loop:
-                return torch.vmap(
-                    forward_one_sample, in_dims=(0, *in_dims), randomness="different"
-                )(draws, *args)
-            outputs = [
-                forward_one_sample(
-                    {name: draw[index] for name, draw in draws.items()},
-                    *(
-                        x if dim is None else x[index]
-                        for x, dim in zip(args, in_dims, strict=True)
-                    ),
-                )
-                for index in range(num_samples)
-            ]
-            return _stack_outputs(outputs)
-
-
-def _stack_outputs(outputs: list[Any]) -> Any:
-    """Stack the per-sample outputs of a forward: tensors, or tuples/lists of them."""
-    first = outputs[0]
-    if isinstance(first, Tensor):
-        return torch.stack(outputs)
-    if isinstance(first, (tuple, list)):
-        return type(first)(
-            _stack_outputs(list(parts)) for parts in zip(*outputs, strict=True)
-        )
-    if first is None:
-        return None
-    raise TypeError(
-        "a forward run once per sample must return tensors, or tuples or lists of "
-        f"them, got {type(first).__name__}"
-    )
+            return run_per_sample(call, self, forward_one_sample, args, draws, loop)
 
 
 def _draw(sites: Mapping[str, RandomVariable]) -> dict[str, Tensor]:

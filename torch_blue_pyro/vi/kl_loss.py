@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from ..amp import full_precision, without_autocast
 from .distributions import PredictiveDistribution
 from .utils.checks import distribution_instance, positive_int
 from .utils.errors import UnsupportedDistributionError
@@ -75,7 +76,11 @@ class _SampledOutputLoss(Module):
     def _data_fitting(
         self, samples: Tensor, target: Tensor, dataset_size: int | None
     ) -> Tensor:
-        """The data term from ``(S, B, *)`` sampled outputs, warning without a size."""
+        """The data term from ``(S, B, *)`` sampled outputs, warning without a size.
+
+        Computed in at least ``float32`` and without autocast, whatever the dtype of
+        the outputs (half precision under ``torch.autocast``).
+        """
         if dataset_size is not None:
             n_data = positive_int(dataset_size, "dataset_size")
         elif self.dataset_size is not None:
@@ -87,10 +92,12 @@ class _SampledOutputLoss(Module):
                 stacklevel=3,
             )
         _check_finite_on_device(samples, target)
-        log_likelihood = self.predictive_distribution.log_prob_from_samples(
-            target, samples
-        )
-        return -n_data * log_likelihood.mean(dim=0).sum()
+        samples, target = full_precision(samples), full_precision(target)
+        with without_autocast(samples.device.type):
+            log_likelihood = self.predictive_distribution.log_prob_from_samples(
+                target, samples
+            )
+            return -n_data * log_likelihood.mean(dim=0).sum()
 
     def _record(
         self, data_fitting: Tensor, prior_matching: Tensor, **extra: Any
@@ -231,6 +238,7 @@ class KullbackLeiblerLoss(_SampledOutputLoss):
                 "KullbackLeiblerLoss needs model_output with log_probs: pass the "
                 "output of the outermost VIModule called with return_log_probs=True"
             )
+        log_probs = full_precision(log_probs)
         mean_log_probs = log_probs.mean(dim=0) if log_probs.dim() != 1 else log_probs
         prior_matching = self.heat * (mean_log_probs[1] - mean_log_probs[0])
         data_fitting = self._data_fitting(_plain(model_output), target, dataset_size)

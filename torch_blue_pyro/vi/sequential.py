@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 from torch.nn import Module, Sequential
 
-from .base import VIModule, current_num_samples
+from .base import VIModule, current_num_samples, current_sampled_call
+from .per_sample import run_per_sample
 
 # Plain modules that act elementwise or on the trailing dimensions only: the leading
 # sample dimension passes through them unchanged.
@@ -28,18 +28,22 @@ def _call_child(module: Module, input_: Any) -> Any:
     """Call a child; a plain module sees one sample's tensor, as in torch_blue.
 
     In torch_blue mode the input carries the leading sample dimension. A plain
-    ``nn.Module`` that does not act elementwise (``nn.Flatten``, pooling, convolution)
-    would misread it as a batch dimension, so it runs per sample under
-    :func:`torch.vmap`.
+    ``nn.Module`` that does not act elementwise (``nn.Flatten``, pooling, convolution,
+    batch normalization) would misread it as a batch dimension, so it runs per
+    sample under :func:`torch.vmap`.
     """
+    call = current_sampled_call()
     if (
-        isinstance(module, VIModule)
-        or type(module) in _SAMPLE_DIM_TRANSPARENT
+        call is None
         or current_num_samples() is None
+        or isinstance(module, VIModule)
+        or type(module) in _SAMPLE_DIM_TRANSPARENT
         or not isinstance(input_, Tensor)
     ):
         return module(input_)
-    return torch.vmap(module, randomness="different")(input_)
+    return run_per_sample(
+        call, module, lambda _draws, x: module(x), (input_,), {}, loop=False
+    )
 
 
 class VISequential(VIModule, Sequential):

@@ -43,6 +43,7 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 from torch.nn import init
 
+from ...amp import accumulation_dtype
 from ..utils.post_init_metaclass import PostInitCallMeta
 
 if TYPE_CHECKING:
@@ -57,8 +58,18 @@ def _as_parameter_tuple(parameters: tuple[Any, ...]) -> tuple[Tensor, ...]:
 
 
 def _sum_per_sample(values: Tensor) -> Tensor:
-    """Sum ``(S, *shape)`` values over everything but the leading sample dimension."""
-    return values.reshape(values.shape[0], -1).sum(dim=1)
+    """Sum ``(S, *shape)`` values over everything but the leading sample dimension.
+
+    Accumulated in at least ``float32`` (see
+    :func:`~torch_blue_pyro.amp.accumulation_dtype`).
+    """
+    flat = values.reshape(values.shape[0], -1)
+    return flat.sum(dim=1, dtype=accumulation_dtype(values.dtype))
+
+
+def _total(values: Tensor) -> Tensor:
+    """The sum of all ``values``, accumulated in at least ``float32``."""
+    return values.sum(dtype=accumulation_dtype(values.dtype))
 
 
 def _sum_each_sample(score: Callable[[Tensor], Tensor], samples: Tensor) -> Tensor:
@@ -70,7 +81,8 @@ def _sum_each_sample(score: Callable[[Tensor], Tensor], samples: Tensor) -> Tens
     values = score(samples)
     if values.shape == samples.shape:
         return _sum_per_sample(values)
-    return torch.stack([score(sample).sum() for sample in samples])
+    dtype = accumulation_dtype(values.dtype)
+    return torch.stack([score(sample).sum(dtype=dtype) for sample in samples])
 
 
 _ROLE_FLAGS = ("is_prior", "is_variational_distribution", "is_predictive_distribution")

@@ -23,6 +23,7 @@ from .base import (
     VariationalDistribution,
     _as_parameter_tuple,
     _sum_per_sample,
+    _total,
 )
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         samples = torch.addcmul(mean, log_std.exp(), noise)
         if not with_log_prob:
             return samples, None
-        log_prob = -0.5 * _sum_per_sample(noise.square()) - log_std.sum()
+        log_prob = -0.5 * _sum_per_sample(noise.square()) - _total(log_std)
         if norm_constants_enabled():
             log_prob = log_prob - HALF_LOG_TWO_PI * mean.numel()
         return samples, log_prob
@@ -404,7 +405,7 @@ def draw_under_normal_prior(
     )
     variance = math.exp(2 * float(prior.log_std)) + prior.eps
     numel = mean.numel()
-    log_variational = -0.5 * noise_squares - log_std.sum()
+    log_variational = -0.5 * noise_squares - _total(log_std)
     log_prior = centered_squares * (-0.5 / variance) - 0.5 * numel * math.log(variance)
     if norm_constants_enabled():
         log_variational = log_variational - HALF_LOG_TWO_PI * numel

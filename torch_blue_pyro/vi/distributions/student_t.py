@@ -11,7 +11,12 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor
 
 from ..utils.norm_constants import norm_constants_enabled
-from .base import VariationalDistribution, _as_parameter_tuple, _sum_per_sample
+from .base import (
+    VariationalDistribution,
+    _as_parameter_tuple,
+    _sum_per_sample,
+    _total,
+)
 
 
 class MeanFieldStudentT(VariationalDistribution):
@@ -209,7 +214,7 @@ class MeanFieldStudentT(VariationalDistribution):
         if not with_log_prob:
             return samples, None
         spread = _sum_per_sample(torch.log1p(noise.square() / self._df))
-        log_prob = -0.5 * (self._df + 1) * spread - log_scale.sum()
+        log_prob = -0.5 * (self._df + 1) * spread - _total(log_scale)
         if norm_constants_enabled():
             log_prob = log_prob - self._log_norm() * mean.numel()
         return samples, log_prob

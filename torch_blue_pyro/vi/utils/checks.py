@@ -6,6 +6,7 @@ import numbers
 
 from torch import Tensor
 
+from ...amp import autocast_compatible
 from .errors import UnsupportedDistributionError
 
 
@@ -40,6 +41,9 @@ def check_input_matches(
 ) -> None:
     """Check that an input has the dtype and device of the layer's parameters.
 
+    Under ``torch.autocast`` an input in the autocast dtype (or ``float32``) is
+    accepted too (see :func:`~torch_blue_pyro.amp.autocast_compatible`).
+
     Parameters
     ----------
     layer: str
@@ -54,11 +58,11 @@ def check_input_matches(
     Raises
     ------
     TypeError
-        If the dtypes differ.
+        If the dtypes differ (and autocast does not reconcile them).
     ValueError
         If the devices differ.
     """
-    if input_.dtype != parameter.dtype:
+    if not autocast_compatible(input_, parameter):
         raise TypeError(
             f"{layer} expects {argument} of dtype {parameter.dtype} (the dtype of its "
             f"parameters), got {input_.dtype}"

@@ -1,0 +1,189 @@
+"""Code written for one sample, run on ``S`` stacked samples: vmap or a loop.
+
+A module whose ``forward`` cannot handle the leading sample dimension (a user's
+single-sample ``forward``, a converted model, a plain ``nn.Module`` such as pooling
+inside a :class:`~torch_blue_pyro.vi.VISequential`) runs once per weight sample:
+under :func:`torch.vmap` on the stacked path, one sample after another with
+``sample_execution="loop"``. Both read the same stacked draws and give the same
+results; :func:`run_per_sample` is the one place that does either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..amp import autocast_dtype, full_precision, without_autocast
+from .normalization import RunningStatistics
+
+__all__ = ["PerSampleForward", "SampledCall", "run_per_sample"]
+
+#: ``forward(draws, *inputs)``: one sample's weight draws by site name, and inputs.
+PerSampleForward = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledCall:
+    """The outermost call in progress that evaluates ``S`` stacked samples.
+
+    Attributes
+    ----------
+    num_samples: int
+        ``S``.
+    outermost: nn.Module
+        The module that was called; errors name modules by their path in it.
+    statistics: RunningStatistics or None
+        The per-sample running statistics of its normalization layers, if any are
+        updated in this call.
+    """
+
+    num_samples: int
+    outermost: nn.Module
+    statistics: RunningStatistics | None
+
+
+def run_per_sample(
+    call: SampledCall,
+    subtree: nn.Module,
+    forward: PerSampleForward,
+    args: tuple[Any, ...],
+    draws: Mapping[str, Tensor],
+    loop: bool,
+) -> Any:
+    """Run ``forward`` once per sample and stack its outputs.
+
+    Tensor arguments whose first dimension is ``S`` are split along it; others are
+    shared by all samples. The normalization layers of ``subtree`` read and update
+    their per-sample running statistics (see
+    :mod:`~torch_blue_pyro.vi.normalization`).
+
+    Parameters
+    ----------
+    call: SampledCall
+        The outermost call in progress.
+    subtree: nn.Module
+        The module whose code ``forward`` runs.
+    forward: PerSampleForward
+        ``forward(draws, *inputs)`` for one sample.
+    args: tuple
+        The stacked inputs.
+    draws: Mapping[str, Tensor]
+        Stacked ``(S, *shape)`` weight draws, split like the inputs.
+    loop: bool
+        One sample after another instead of under :func:`torch.vmap`.
+
+    Returns
+    -------
+    Any
+        The outputs, each with a leading sample dimension.
+
+    Raises
+    ------
+    RuntimeError
+        If a module cannot run under :func:`torch.vmap`; the error names the module
+        and the way out (``sample_execution="loop"``).
+    """
+    num_samples = call.num_samples
+    region = None if call.statistics is None else call.statistics.region(subtree)
+    in_dims = tuple(
+        0
+        if isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] == num_samples
+        else None
+        for x in args
+    )
+    if loop:
+        outputs = []
+        for index in range(num_samples):
+            inputs = (
+                x if dim is None else x[index]
+                for x, dim in zip(args, in_dims, strict=True)
+            )
+            one_draw = {name: draw[index] for name, draw in draws.items()}
+            if region is None:
+                outputs.append(forward(one_draw, *inputs))
+                continue
+            with region.sample(index):
+                outputs.append(forward(one_draw, *inputs))
+        return _stack_outputs(outputs)
+
+    def one_sample(
+        one_draw: dict[str, Tensor],
+        stacks: list[dict[str, Tensor]],
+        *inputs: Any,
+    ) -> Any:
+        if region is None:
+            return forward(one_draw, *inputs)
+        with region.installed(stacks):
+            return forward(one_draw, *inputs)
+
+    stacks = [] if region is None else region.vmap_inputs()
+    vmapped = torch.vmap(one_sample, in_dims=(0, 0, *in_dims), randomness="different")
+    device_type = _device_type(args, draws)
+    try:
+        if autocast_dtype(device_type) is None:
+            return vmapped(dict(draws), stacks, *args)
+        # torch.vmap applies no autocast to convolutions, and batch normalization
+        # under vmap refuses half-precision inputs with float32 statistics: the
+        # per-sample code runs in full precision instead.
+        with without_autocast(device_type):
+            return vmapped(dict(draws), stacks, *(full_precision(x) for x in args))
+    except RuntimeError as error:
+        if not _is_vmap_error(error):
+            raise
+        raise RuntimeError(_vmap_failure(error, call.outermost, subtree)) from error
+
+
+def _device_type(args: tuple[Any, ...], draws: Mapping[str, Tensor]) -> str:
+    """The device type of the first tensor among the inputs and draws."""
+    for value in (*args, *draws.values()):
+        if isinstance(value, Tensor):
+            return value.device.type
+    return "cpu"
+
+
+def _is_vmap_error(error: RuntimeError) -> bool:
+    """Whether ``error`` is torch's complaint about running under vmap."""
+    message = str(error).lower()
+    return "vmap" in message or "batched tensor" in message or "functorch" in message
+
+
+def _vmap_failure(error: RuntimeError, outermost: nn.Module, subtree: nn.Module) -> str:
+    """An error message naming the module that failed under vmap and the way out."""
+    paths = {id(module): path for path, module in outermost.named_modules()}
+    failing = subtree
+    traceback = error.__traceback__
+    while traceback is not None:  # the innermost module whose code raised
+        candidate = traceback.tb_frame.f_locals.get("self")
+        if isinstance(candidate, nn.Module) and id(candidate) in paths:
+            failing = candidate
+        traceback = traceback.tb_next
+    path = paths.get(id(failing), "")
+    where = f"{type(failing).__name__} {path!r}" if path else type(failing).__name__
+    reason = str(error).strip().splitlines()[0]
+    return (
+        f"{where} cannot run once per weight sample under torch.vmap, which "
+        f"sample_execution='stacked' uses for code written for one sample ({reason}). "
+        "Run the samples one after another instead: set sample_execution = 'loop' on "
+        f"the outermost module ({type(outermost).__name__})"
+    )
+
+
+def _stack_outputs(outputs: list[Any]) -> Any:
+    """Stack the per-sample outputs of a forward: tensors, or tuples/lists of them."""
+    first = outputs[0]
+    if isinstance(first, Tensor):
+        return torch.stack(outputs)
+    if isinstance(first, (tuple, list)):
+        return type(first)(
+            _stack_outputs(list(parts)) for parts in zip(*outputs, strict=True)
+        )
+    if first is None:
+        return None
+    raise TypeError(
+        "a forward run once per sample must return tensors, or tuples or lists of "
+        f"them, got {type(first).__name__}"
+    )
