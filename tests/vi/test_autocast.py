@@ -81,6 +81,24 @@ def test_prediction_under_autocast(entry: ZooModel, path: str) -> None:
     torch.testing.assert_close(output.float(), expected, rtol=0.0, atol=atol)
 
 
+def _output_dtypes(name: str) -> tuple[torch.dtype, torch.dtype]:
+    """The output dtypes under autocast with sample_execution "auto" and "stacked"."""
+    entry = next(entry for entry in ZOO if entry.name == name)
+    model = entry.build()
+    dtypes = []
+    for execution in ("auto", "stacked"):
+        model.sample_execution = execution
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            dtypes.append(model(*entry.inputs(), samples=2).dtype)
+    return dtypes[0], dtypes[1]
+
+
+def test_auto_execution_loops_under_autocast_for_code_written_for_one_sample() -> None:
+    """On the stacked pass such code runs under vmap, which it does in float32."""
+    assert _output_dtypes("converted_norm_net") == (torch.bfloat16, torch.float32)
+    assert _output_dtypes("batchnorm_cnn") == (torch.bfloat16, torch.bfloat16)
+
+
 def _pyro_model(net: vi.VIModule):
     def model(inputs: tuple[Tensor, ...], labels: Tensor) -> Tensor:
         logits = net(*inputs)

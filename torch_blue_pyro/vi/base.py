@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn import Parameter, init
 from torch.nn.modules.conv import _ConvNd
 
+from ..amp import autocast_dtype
 from ..guides import sample_from_variational
 from ..poutine.estimators import active_estimator, carry_gaussian
 from ..poutine.runtime import (
@@ -70,6 +71,10 @@ _CALL = _CallState()
 _SAMPLE_EXECUTIONS = ("auto", "stacked", "loop")
 
 
+# The call state is read and written outside of torch.compile's graphs: Dynamo
+# defers writes to Python objects until a graph ends, so a value written and read back
+# within one traced frame (a thread-local's attribute) would be stale.
+@torch.compiler.disable
 def current_num_samples() -> int | None:
     """``S`` while tensors carry torch_blue's leading sample dimension, else ``None``.
 
@@ -86,9 +91,20 @@ def current_num_samples() -> int | None:
     return _CALL.num_samples
 
 
+@torch.compiler.disable
 def current_sampled_call() -> SampledCall | None:
     """The outermost call evaluating stacked samples in progress, if any."""
     return _CALL.sampled
+
+
+@torch.compiler.disable
+def _set_call_state(
+    num_samples: int | None, sampled: SampledCall | None
+) -> tuple[int | None, SampledCall | None]:
+    """Set ``S`` and the call in progress; return the previous values."""
+    previous = _CALL.num_samples, _CALL.sampled
+    _CALL.num_samples, _CALL.sampled = num_samples, sampled
+    return previous
 
 
 class _PriorOf:
@@ -131,7 +147,9 @@ class VIModule(PyroModule):
     The outermost module's attribute ``sample_execution`` (``"auto"``, ``"stacked"``
     or ``"loop"``) chooses whether the samples run in one stacked pass or one after
     another on pre-drawn weights; ``"auto"`` loops for convolution networks on the
-    CPU. The results are the same; only speed and memory differ.
+    CPU, and under ``torch.autocast`` for networks with modules written for one
+    sample. The results are the same; only speed, memory and (under autocast)
+    precision differ.
 
     Parameters
     ----------
@@ -180,11 +198,15 @@ class VIModule(PyroModule):
     handles_sample_dim: ClassVar[bool] = False
     #: How the outermost call evaluates its ``S`` samples: ``"stacked"`` (one pass on
     #: weights and inputs with a leading sample dimension), ``"loop"`` (one pass per
-    #: sample, on that sample's weights) or ``"auto"``: ``"loop"`` for a network with
-    #: convolution layers on the CPU, where a batch of one sample's feature maps stays
-    #: in cache, unless an estimator handler (local reparameterization, Flipout) is
-    #: active, else ``"stacked"``. All three give the same results (the weights are
-    #: drawn stacked first in every case); set it on the outermost module.
+    #: sample, on that sample's weights) or ``"auto"``: ``"stacked"`` when an
+    #: estimator handler (local reparameterization, Flipout) is active; under
+    #: ``torch.autocast``, ``"loop"`` exactly when the network has modules written for
+    #: one sample (converted or custom ones without ``handles_sample_dim``, which the
+    #: stacked pass runs under vmap, in full precision); otherwise ``"loop"`` for a
+    #: network with convolution layers on the CPU, where a batch of one sample's
+    #: feature maps stays in cache, else ``"stacked"``. All three give the same
+    #: results (the weights are drawn stacked first in every case, and normalization
+    #: layers keep per-sample statistics); set it on the outermost module.
     sample_execution: str = "auto"
     _return_log_probs: bool = True
 
@@ -502,7 +524,7 @@ class VIModule(PyroModule):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the module: autosampling when outermost in torch_blue mode, see class."""
         if _CALL.depth:
-            num_samples = _CALL.num_samples
+            num_samples = current_num_samples()
             if num_samples is not None and not self.handles_sample_dim:
                 return self._call_per_sample(num_samples, args, kwargs)
             return super().__call__(*args, **kwargs)
@@ -638,8 +660,9 @@ class VIModule(PyroModule):
         forward pass has succeeded (see :mod:`~torch_blue_pyro.vi.normalization`).
         """
         statistics = RunningStatistics.of(self, num_samples)
-        _CALL.num_samples = num_samples
-        _CALL.sampled = SampledCall(num_samples, self, statistics)
+        previous = _set_call_state(
+            num_samples, SampledCall(num_samples, self, statistics)
+        )
         try:
             if self._loops_over_samples():
                 output = self._call_per_sample(num_samples, args, kwargs, loop=True)
@@ -648,8 +671,7 @@ class VIModule(PyroModule):
             else:
                 output = self._call_per_sample(num_samples, args, kwargs)
         finally:
-            _CALL.num_samples = None
-            _CALL.sampled = None
+            _set_call_state(*previous)
         if statistics is not None:
             statistics.commit()
         return output
@@ -668,10 +690,17 @@ class VIModule(PyroModule):
             # The estimators draw outputs, not weights: they need the stacked pass.
             return False
         parameter = next(self.parameters(), None)
-        on_cpu = parameter is None or parameter.device.type == "cpu"
+        device_type = "cpu" if parameter is None else parameter.device.type
+        if autocast_dtype(device_type) is not None:
+            # Code run per sample under vmap runs in full precision (see
+            # run_per_sample); a loop runs it in the autocast dtype.
+            return any(
+                isinstance(module, VIModule) and not type(module).handles_sample_dim
+                for module in self.modules()
+            )
         # The flag is read from the class: a missing instance attribute would go
         # through nn.Module's and Pyro's __getattr__ and raise, for every module.
-        return on_cpu and any(
+        return device_type == "cpu" and any(
             isinstance(module, _ConvNd)
             or getattr(type(module), "_is_convolution", False)
             for module in self.modules()
@@ -692,7 +721,7 @@ class VIModule(PyroModule):
         :func:`torch.vmap`, or with ``loop`` one after another (see
         :func:`~torch_blue_pyro.vi.per_sample.run_per_sample`).
         """
-        call = _CALL.sampled
+        call = current_sampled_call()
         assert call is not None and call.num_samples == num_samples
         context = self.__dict__["_pyro_context"]
         with context:
@@ -701,11 +730,11 @@ class VIModule(PyroModule):
             def forward_one_sample(weights: dict[str, Tensor], *inputs: Any) -> Any:
                 saved = {name: context.cache.get(name) for name in weights}
                 context.cache.update(weights)
-                _CALL.num_samples = None
+                _set_call_state(None, call)
                 try:
                     return PyroModule.__call__(self, *inputs, **kwargs)
                 finally:
-                    _CALL.num_samples = num_samples
+                    _set_call_state(num_samples, call)
                     context.cache.update(saved)
 
             return run_per_sample(call, self, forward_one_sample, args, draws, loop)

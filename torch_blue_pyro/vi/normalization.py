@@ -42,10 +42,16 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
+from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.parameter import UninitializedBuffer
 
-__all__ = ["RunningStatistics", "SampledRegion"]
+__all__ = [
+    "RunningStatistics",
+    "SampledRegion",
+    "batch_norm_over_samples",
+    "is_plain_batch_norm",
+]
 
 _STACKED_BUFFERS = ("running_mean", "running_var")
 
@@ -208,3 +214,89 @@ def _updates_running_statistics(module: nn.Module) -> bool:
         and module.track_running_stats
         and module._buffers.get("running_mean") is not None
     )
+
+
+def is_plain_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a batch norm layer with torch's own forward and no hooks.
+
+    ``nn.BatchNorm1d/2d/3d`` (initialized lazy ones too), not ``nn.SyncBatchNorm`` or
+    a subclass with a ``forward`` of its own: such a layer can be applied to all
+    samples at once by :func:`batch_norm_over_samples`.
+    """
+    return (
+        isinstance(module, _BatchNorm)
+        and type(module).forward is _BatchNorm.forward
+        and not (module._forward_pre_hooks or module._forward_hooks)
+        and not (module._backward_pre_hooks or module._backward_hooks)
+    )
+
+
+def batch_norm_over_samples(
+    module: _BatchNorm, input_: Tensor, region: SampledRegion | None
+) -> Tensor:
+    """A batch norm layer applied to each sample of a stacked ``(S, N, C, *)`` input.
+
+    The samples are folded into the channels, ``(N, S * C, *)``, so that one
+    :func:`~torch.nn.functional.batch_norm` normalizes each sample with its own
+    batch statistics and updates each sample's row of the running statistics, as
+    the layer would for each sample alone. That is the layout in which the stacked
+    convolutions return their output, so neither side copies; and unlike
+    :func:`torch.vmap`, it takes a half-precision input under autocast.
+
+    Parameters
+    ----------
+    module: _BatchNorm
+        A layer for which :func:`is_plain_batch_norm` holds.
+    input_: Tensor
+        ``(S, N, C, *)``.
+    region: SampledRegion or None
+        The region of ``module`` (its per-sample running statistics) when it
+        updates them, else ``None``.
+
+    Returns
+    -------
+    Tensor
+        Shaped like ``input_``.
+    """
+    assert region is not None or not _updates_running_statistics(module)
+    num_samples, channels = input_.shape[0], input_.shape[2]
+    module._check_input_dim(input_[0])
+    folded = input_.transpose(0, 1).flatten(1, 2)
+    weight, bias = (
+        None if value is None else value.repeat(num_samples)
+        for value in (module.weight, module.bias)
+    )
+    if region is not None:
+        with region.installed(region.vmap_inputs()):
+            counter = module.num_batches_tracked
+            assert counter is not None
+            counter.add_(1)
+            momentum = module.momentum
+            if momentum is None:  # a cumulative average
+                momentum = 1.0 / float(counter)
+            stacks = region.vmap_inputs()[0]  # this layer's (S, C) rows
+            output = F.batch_norm(
+                folded,
+                stacks["running_mean"].view(-1),  # updated in place
+                stacks["running_var"].view(-1),
+                weight,
+                bias,
+                True,
+                momentum,
+                module.eps,
+            )
+    elif module.training or module.running_mean is None:
+        output = F.batch_norm(folded, None, None, weight, bias, True, 0.0, module.eps)
+    else:
+        assert module.running_var is not None
+        output = F.batch_norm(
+            folded,
+            module.running_mean.repeat(num_samples),
+            module.running_var.repeat(num_samples),
+            weight,
+            bias,
+            False,
+            0.0,
+            module.eps,
+        )
+    return output.unflatten(1, (num_samples, channels)).transpose(0, 1)

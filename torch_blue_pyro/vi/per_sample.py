@@ -96,13 +96,20 @@ def run_per_sample(
         for x in args
     )
     if loop:
+        # unbind: one backward node stacks the S gradients (indexing would give each
+        # sample's gradient a zero-filled (S, *shape) tensor of its own).
+        draws_per_sample = {name: draw.unbind(0) for name, draw in draws.items()}
+        args_per_sample = [
+            None if dim is None else x.unbind(0)
+            for x, dim in zip(args, in_dims, strict=True)
+        ]
         outputs = []
         for index in range(num_samples):
             inputs = (
-                x if dim is None else x[index]
-                for x, dim in zip(args, in_dims, strict=True)
+                x if parts is None else parts[index]
+                for x, parts in zip(args, args_per_sample, strict=True)
             )
-            one_draw = {name: draw[index] for name, draw in draws.items()}
+            one_draw = {name: parts[index] for name, parts in draws_per_sample.items()}
             if region is None:
                 outputs.append(forward(one_draw, *inputs))
                 continue

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn import Module, Sequential
 
 from .base import VIModule, current_num_samples, current_sampled_call
+from .normalization import batch_norm_over_samples, is_plain_batch_norm
 from .per_sample import run_per_sample
 
 # Plain modules that act elementwise or on the trailing dimensions only: the leading
@@ -28,9 +29,10 @@ def _call_child(module: Module, input_: Any) -> Any:
     """Call a child; a plain module sees one sample's tensor, as in torch_blue.
 
     In torch_blue mode the input carries the leading sample dimension. A plain
-    ``nn.Module`` that does not act elementwise (``nn.Flatten``, pooling, convolution,
-    batch normalization) would misread it as a batch dimension, so it runs per
-    sample under :func:`torch.vmap`.
+    ``nn.Module`` that does not act elementwise (``nn.Flatten``, pooling, convolution)
+    would misread it as a batch dimension, so it runs per sample under
+    :func:`torch.vmap`; a batch norm layer normalizes all samples at once, each with
+    its own statistics.
     """
     call = current_sampled_call()
     if (
@@ -41,6 +43,9 @@ def _call_child(module: Module, input_: Any) -> Any:
         or not isinstance(input_, Tensor)
     ):
         return module(input_)
+    if is_plain_batch_norm(module):
+        region = None if call.statistics is None else call.statistics.region(module)
+        return batch_norm_over_samples(module, input_, region)  # type: ignore[arg-type]
     return run_per_sample(
         call, module, lambda _draws, x: module(x), (input_,), {}, loop=False
     )

@@ -8,6 +8,7 @@ from torch import nn
 from torch_blue_pyro import vi
 from torch_blue_pyro.vi.distributions import Categorical, MeanFieldNormal
 from torch_blue_pyro.vi.utils.convert import ban_convert, convert_norms
+from torch_blue_pyro.zoo import resnet18
 
 POINT_MASS = MeanFieldNormal(std=1e-12)
 
@@ -196,3 +197,38 @@ def test_attention_and_transformer_encoder_keep_their_predictions() -> None:
     out = encoder(x, samples=2)
     for s in range(2):
         torch.testing.assert_close(out[s].as_tensor(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["stacked", "loop"])
+def test_a_pretrained_resnet_keeps_its_eval_output_then_fine_tunes(path: str) -> None:
+    """torchvision's ResNet-18 layout with trained weights and batch statistics."""
+    net = resnet18(num_classes=3, width=4)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    for _ in range(3):  # pretraining moves the weights and the running statistics
+        loss = nn.functional.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    expected = net.eval()(x)
+    vi.convert_to_vimodule(
+        net, keep_weights=True, variational_distribution=MeanFieldNormal(std=1e-8)
+    )
+    net.sample_execution = path
+    output = net(x, samples=3)
+    for sample in output:
+        torch.testing.assert_close(sample.as_tensor(), expected, rtol=1e-4, atol=1e-5)
+
+    loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=16)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    running_mean = net.bn1.running_mean.clone()
+    losses = []
+    net.train()
+    for _ in range(5):
+        loss = loss_fn(net(x, samples=3), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    assert not torch.equal(net.bn1.running_mean, running_mean)
