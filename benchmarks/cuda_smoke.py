@@ -11,15 +11,30 @@ Checks, each reported as ok or FAILED with its error (the script goes on):
   and ``flipout()``;
 - Pyro mode: ``SVI`` with ``net.guide`` and vectorized particles, ``AutoNormal``,
   ``Predictive(parallel=True)``;
-- a ``state_dict`` saved on the device and loaded on CPU.
+- a ``state_dict`` saved on the device and loaded on CPU;
+- the model zoo on both execution paths (``sample_execution`` ``"stacked"`` and
+  ``"loop"``): an MLP ``VISequential``, a CNN with ``BatchNorm2d``, ``Dropout2d`` and
+  ``MaxPool2d`` on 3x32x32 images, the plain ResNet-18 of ``torch_blue_pyro.zoo``
+  (width 16) and a plain ``nn.TransformerEncoderLayer`` classifier, both converted
+  with ``convert_to_vimodule``, and a native ``VITransformer``: a training step and
+  a prediction (outputs, log-probabilities and gradients on the device), and the
+  two paths' ``eval()`` outputs equal for the same seed (within 1e-4 relative, in
+  float32 without TF32);
+- mixed precision, for the same models on both paths: three training steps under
+  ``torch.autocast`` with a finite float32 loss; on CUDA with ``float16`` and a
+  ``torch.amp.GradScaler``, and with ``bfloat16`` where the GPU supports it, on
+  the CPU with ``bfloat16``.
 
 On CUDA it then counts the host-device synchronisations of one training step and
-one prediction of the benchmark MLP with ``torch.cuda.set_sync_debug_mode("warn")``
+one prediction (in ``eval()``) with ``torch.cuda.set_sync_debug_mode("warn")``
 (each ``.item()``, ``float(tensor)``, ``bool(tensor)`` or data-dependent shape is
 one), and names where they happen: each one stalls the CPU until the GPU has caught
-up. It counts them with Pyro's validation on (the default: the value checks of
-outputs and labels run) and off (``vi.utils.value_checks_enabled``: none should
-remain).
+up. It counts them for the benchmark MLP, and for the BatchNorm CNN and the
+converted ResNet-18 on the stacked path, with Pyro's validation on (the default:
+the value checks of outputs and labels run) and off
+(``vi.utils.value_checks_enabled``: none should remain). On the CPU the CUDA-only
+parts (float16 with a GradScaler, the synchronisation counts) are skipped with a
+note.
 
 Run::
 
@@ -33,11 +48,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import copy
+import dataclasses
 import io
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +74,7 @@ from pyro.optim import Adam  # type: ignore[attr-defined]  # noqa: E402
 
 from torch_blue_pyro import vi  # noqa: E402
 from torch_blue_pyro.poutine import flipout, local_reparameterization  # noqa: E402
+from torch_blue_pyro.zoo import resnet18  # noqa: E402
 
 
 def on_device(tensor: Tensor, device: torch.device, what: str) -> None:
@@ -64,13 +83,19 @@ def on_device(tensor: Tensor, device: torch.device, what: str) -> None:
         raise AssertionError(f"{what} is on {tensor.device}, expected {device}")
 
 
-def train_step(net: Any, x: Tensor, y: Tensor, loss_fn: Any = None) -> None:
-    """One torch_blue-mode step; checks output, log probs and gradients."""
-    device = x.device
+def train_step(
+    net: Any, x: Tensor | tuple[Tensor, ...], y: Tensor, loss_fn: Any = None
+) -> None:
+    """One torch_blue-mode step; checks output, log probs and gradients.
+
+    ``x`` is the input, or a tuple of the inputs of a model that takes several.
+    """
+    inputs = x if isinstance(x, tuple) else (x,)
+    device = inputs[0].device
     loss_fn = loss_fn or vi.KullbackLeiblerLoss(
         vi.distributions.Categorical(), dataset_size=100
     )
-    output = net(x, samples=4)
+    output = net(*inputs, samples=4)
     on_device(output, device, "output")
     if output.log_probs is not None:
         on_device(output.log_probs, device, "log_probs")
@@ -268,6 +293,246 @@ def workflow_checks(device: torch.device) -> dict[str, Callable[[], None]]:
     }
 
 
+# --- the model zoo on both execution paths -----------------------------------------
+
+PATHS = ("stacked", "loop")
+ZOO_BATCH = 8
+ZOO_CLASSES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooModel:
+    """A zoo network: a builder and the inputs of one batch, on a device."""
+
+    name: str
+    build: Callable[[torch.device], Any]
+    inputs: Callable[[torch.device], tuple[Tensor, ...]]
+
+
+def zoo_mlp(device: torch.device) -> Any:
+    """(a) An MLP ``VISequential``."""
+    return vi.VISequential(
+        vi.VILinear(16, 32, device=device),
+        nn.ReLU(),
+        vi.VILinear(32, ZOO_CLASSES, device=device),
+    )
+
+
+def zoo_batchnorm_cnn(device: torch.device) -> Any:
+    """(b) A CNN with batch norm, dropout and pooling on 3x32x32 images."""
+    return vi.VISequential(
+        vi.VIConv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Dropout2d(0.1),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        vi.VILinear(8 * 16 * 16, ZOO_CLASSES),
+    ).to(device)
+
+
+def zoo_resnet(device: torch.device) -> Any:
+    """(c) The plain ResNet-18 (width 16) converted with ``convert_to_vimodule``."""
+    net = resnet18(num_classes=ZOO_CLASSES, width=16)
+    vi.convert_to_vimodule(net)
+    return net.to(device)
+
+
+class PlainEncoderClassifier(nn.Module):
+    """A plain-torch transformer classifier: embedding, encoder layer, mean, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 16)
+        self.encoder = nn.TransformerEncoderLayer(
+            16, 2, dim_feedforward=32, dropout=0.1, batch_first=True
+        )
+        self.head = nn.Linear(16, ZOO_CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(self.embed(x)).mean(dim=1))
+
+
+def zoo_converted_encoder(device: torch.device) -> Any:
+    """(d) ``PlainEncoderClassifier`` converted with ``convert_to_vimodule``."""
+    net = PlainEncoderClassifier()
+    vi.convert_to_vimodule(net)
+    return net.to(device)
+
+
+class TransformerClassifier(vi.VIModule):
+    """(e) A native ``VITransformer``: source and target in, scores out."""
+
+    handles_sample_dim = True
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.transformer = vi.VITransformer(
+            d_model=16,
+            nhead=2,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+            dim_feedforward=32,
+            dropout=0.1,
+            batch_first=True,
+            device=device,
+        )
+        self.head = vi.VILinear(16, ZOO_CLASSES, device=device)
+
+    def forward(self, source: Tensor, target: Tensor) -> Tensor:
+        return self.head(self.transformer(source, target).mean(dim=-2))
+
+
+def images(device: torch.device) -> tuple[Tensor, ...]:
+    """A batch of 3x32x32 images."""
+    return (torch.randn(ZOO_BATCH, 3, 32, 32, device=device),)
+
+
+ZOO = (
+    ZooModel("MLP", zoo_mlp, lambda d: (torch.randn(ZOO_BATCH, 16, device=d),)),
+    ZooModel("BatchNorm CNN", zoo_batchnorm_cnn, images),
+    ZooModel("converted ResNet-18 (width 16)", zoo_resnet, images),
+    ZooModel(
+        "converted TransformerEncoderLayer classifier",
+        zoo_converted_encoder,
+        lambda d: (torch.randn(ZOO_BATCH, 7, 3, device=d),),
+    ),
+    ZooModel(
+        "VITransformer",
+        TransformerClassifier,
+        lambda d: (
+            torch.randn(ZOO_BATCH, 7, 16, device=d),
+            torch.randn(ZOO_BATCH, 5, 16, device=d),
+        ),
+    ),
+)
+
+
+def labels(device: torch.device) -> Tensor:
+    """Random labels of one zoo batch."""
+    return torch.randint(0, ZOO_CLASSES, (ZOO_BATCH,), device=device)
+
+
+def zoo_predict(net: Any, inputs: tuple[Tensor, ...], seed: int = 1) -> Tensor:
+    """A seeded prediction in eval() mode without log probs; checks the device."""
+    net.eval()
+    net.return_log_probs = False
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        output = net(*inputs, samples=4)
+    on_device(output, inputs[0].device, "prediction")
+    if output.shape != (4, ZOO_BATCH, ZOO_CLASSES):
+        raise AssertionError(f"prediction shape {tuple(output.shape)}")
+    return output
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Float32 matrix products and convolutions without TF32 (CUDA's default for
+    convolutions): the two paths may pick different kernels, which TF32 rounds
+    differently."""
+    matmul, cudnn = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def zoo_checks(device: torch.device) -> dict[str, Callable[[], None]]:
+    """Per zoo model: a training step and a prediction on each path, and the two
+    paths' eval() outputs equal for the same seed."""
+
+    def on_path(entry: ZooModel, path: str) -> Callable[[], None]:
+        def check() -> None:
+            net = entry.build(device)
+            net.sample_execution = path
+            net.train()
+            train_step(net, entry.inputs(device), labels(device))
+            zoo_predict(net, entry.inputs(device))
+
+        return check
+
+    def agree(entry: ZooModel) -> Callable[[], None]:
+        def check() -> None:
+            net = entry.build(device)
+            inputs = entry.inputs(device)
+            outputs = []
+            with full_float32():
+                for path in PATHS:
+                    copied = copy.deepcopy(net)
+                    copied.sample_execution = path
+                    outputs.append(zoo_predict(copied, inputs))
+            torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+
+        return check
+
+    checks: dict[str, Callable[[], None]] = {}
+    for entry in ZOO:
+        for path in PATHS:
+            checks[f"zoo {entry.name}, {path}: train step, prediction"] = on_path(
+                entry, path
+            )
+        checks[f"zoo {entry.name}: stacked and loop agree in eval()"] = agree(entry)
+    return checks
+
+
+def autocast_dtypes(device: torch.device) -> list[torch.dtype]:
+    """The autocast dtypes checked on a device: bf16 on CPU; fp16, and bf16 where
+    supported, on CUDA."""
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+        return [torch.float16, *([torch.bfloat16] if supported else [])]
+    return [torch.bfloat16]
+
+
+def autocast_checks(device: torch.device) -> dict[str, Callable[[], None]]:
+    """A few training steps of every zoo model on both paths under autocast
+    (float16 with a ``torch.amp.GradScaler``): a finite float32 loss."""
+
+    def steps(entry: ZooModel, path: str, dtype: torch.dtype) -> Callable[[], None]:
+        def check() -> None:
+            net = entry.build(device)
+            net.sample_execution = path
+            net.train()
+            inputs, y = entry.inputs(device), labels(device)
+            loss_fn = vi.KullbackLeiblerLoss(
+                vi.distributions.Categorical(), dataset_size=100
+            )
+            optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+            scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+            for _ in range(3):
+                with torch.autocast(device.type, dtype=dtype):
+                    loss = loss_fn(net(*inputs, samples=4), y)
+                on_device(loss, device, "loss")
+                if loss.dtype != torch.float32:
+                    raise AssertionError(f"loss dtype {loss.dtype}")
+                if not torch.isfinite(loss):
+                    raise AssertionError(f"loss {float(loss)}")
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad()
+            for name, parameter in net.named_parameters():
+                if not torch.isfinite(parameter).all():
+                    raise AssertionError(f"{name} is not finite")
+
+        return check
+
+    checks: dict[str, Callable[[], None]] = {}
+    for dtype in autocast_dtypes(device):
+        scaled = " with GradScaler" if dtype == torch.float16 else ""
+        for entry in ZOO:
+            for path in PATHS:
+                name = f"autocast {dtype}{scaled}: {entry.name}, {path}"
+                checks[name] = steps(entry, path, dtype)
+    return checks
+
+
 def count_syncs(step: Callable[[], None]) -> tuple[int, list[str]]:
     """Synchronising CUDA calls in ``step`` and their most frequent places."""
     torch.cuda.synchronize()
@@ -285,34 +550,99 @@ def count_syncs(step: Callable[[], None]) -> tuple[int, list[str]]:
     return len(syncs), [f"{n}x {place}" for place, n in places.most_common(8)]
 
 
-def sync_report(device: torch.device) -> None:
-    """Print the synchronisations of one MLP training step and one prediction."""
-    net = mlp(device)
-    x = torch.randn(128, 64, device=device)
-    y = torch.randint(0, 10, (128,), device=device)
-    loss_fn = vi.KullbackLeiblerLoss(vi.distributions.Categorical(), dataset_size=100)
+def sync_report(
+    name: str, net: Any, x: Tensor, y: Tensor, samples: int, loss_fn: Any = None
+) -> None:
+    """Print the synchronisations of one training step and one prediction."""
+    loss_fn = loss_fn or vi.KullbackLeiblerLoss(
+        vi.distributions.Categorical(), dataset_size=100
+    )
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
 
     def train() -> None:
-        loss_fn(net(x, samples=10), y).backward()
+        loss_fn(net(x, samples=samples), y).backward()
         optimizer.step()
         optimizer.zero_grad()
 
     def predict() -> None:
-        with torch.no_grad():
-            net(x, samples=10)
+        net.eval()
+        try:
+            with torch.no_grad():
+                net(x, samples=samples)
+        finally:
+            net.train()
 
+    net.train()
     train()  # warm up: caches, lazy initialisation
+    predict()
     for validation in (True, False):
         with pyro.validation_enabled(validation):
-            for name, step in (("train step", train), ("predict", predict)):
+            for step_name, step in (("train step", train), ("predict", predict)):
                 count, places = count_syncs(step)
                 print(
-                    f"- host-device synchronisations per {name} with Pyro's "
-                    f"validation {'on' if validation else 'off'}: {count}"
+                    f"- {name}: host-device synchronisations per {step_name} with "
+                    f"Pyro's validation {'on' if validation else 'off'}: {count}"
                 )
                 for place in places:
                     print(f"  - {place}")
+
+
+def sync_reports(device: torch.device) -> int:
+    """The synchronisation counts of the benchmark MLP, and of the BatchNorm CNN and
+    the converted ResNet on the stacked path; returns how many failed to run."""
+    batch = torch.randn(32, 3, 32, 32, device=device)
+    image_labels = torch.randint(0, ZOO_CLASSES, (32,), device=device)
+
+    def stacked(build: Callable[[torch.device], Any]) -> Any:
+        net = build(device)
+        net.sample_execution = "stacked"
+        return net
+
+    reports = {
+        "MLP 64-256-256-10 (samples 10, batch 128)": lambda: sync_report(
+            "MLP",
+            mlp(device),
+            torch.randn(128, 64, device=device),
+            torch.randint(0, 10, (128,), device=device),
+            samples=10,
+        ),
+        "BatchNorm CNN, stacked (samples 4, batch 32)": lambda: sync_report(
+            "BatchNorm CNN, stacked",
+            stacked(zoo_batchnorm_cnn),
+            batch,
+            image_labels,
+            samples=4,
+        ),
+        "converted ResNet-18 (width 16), stacked (samples 4, batch 32)": lambda: (
+            sync_report(
+                "ResNet-18, stacked",
+                stacked(zoo_resnet),
+                batch,
+                image_labels,
+                samples=4,
+            )
+        ),
+    }
+    failed = 0
+    for name, report in reports.items():
+        print(f"### {name}")
+        print()
+        try:
+            report()
+        except Exception as error:
+            failed += 1
+            print(f"- FAILED: sync count of {name}: {describe(error)}")
+        print()
+    return failed
+
+
+def describe(error: BaseException) -> str:
+    """``Type: message (file:line)`` of an exception, the message shortened."""
+    frame = traceback.extract_tb(error.__traceback__)[-1]
+    return (
+        f"{type(error).__name__}: {str(error).strip()[:300]} "
+        f"({Path(frame.filename).name}:{frame.lineno})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -326,27 +656,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     torch.manual_seed(0)
     pyro.set_rng_seed(0)
-    checks = {**layer_checks(device), **workflow_checks(device)}
+    checks = {
+        **layer_checks(device),
+        **workflow_checks(device),
+        **zoo_checks(device),
+        **autocast_checks(device),
+    }
     failed = 0
     print(f"# torch_blue_pyro smoke test on {device} (torch {torch.__version__})")
     print()
     for name, check in checks.items():
         try:
             check()
-            print(f"- ok: {name}")
+            print(f"- ok: {name}", flush=True)
         except Exception as error:
             failed += 1
-            frame = traceback.extract_tb(error.__traceback__)[-1]
-            print(
-                f"- FAILED: {name}: {type(error).__name__}: "
-                f"{str(error).strip()[:300]} ({Path(frame.filename).name}:"
-                f"{frame.lineno})"
-            )
-    if device.type == "cuda":
-        print()
-        sync_report(device)
+            print(f"- FAILED: {name}: {describe(error)}", flush=True)
+    total = len(checks)
     print()
-    print(f"{len(checks) - failed} passed, {failed} failed")
+    if device.type == "cuda":
+        print("## Host-device synchronisations")
+        print()
+        total += 3
+        failed += sync_reports(device)
+    else:
+        print(
+            "- skipped on the CPU (CUDA only): float16 autocast with a GradScaler, "
+            "the counts of host-device synchronisations"
+        )
+        print()
+    print(f"{total - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 

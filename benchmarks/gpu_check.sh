@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # GPU check: the device-sensitive tests on CUDA, a smoke test of every path on the
-# device, and the benchmarks against torch_blue (and bayesian-torch, if installed).
+# device (the model zoo on both execution paths and mixed precision included), and
+# the benchmarks against torch_blue (and bayesian-torch, if installed), the
+# ResNet-18 of the zoo benchmark among them.
 #
 # Assumes the environment is ready: the repository's virtual environment, or
 #   pip install -e ".[dev,bench]"   (and optionally: pip install --no-deps bayesian-torch)
 # with a CUDA build of torch. Run from anywhere:
 #   bash benchmarks/gpu_check.sh
 # Results go to "$OUT" if set, else to ./gpu_results (relative to the repository
-# root): one .txt file per step and summary.txt. About 5 to 8 minutes on an H100.
+# root): one .txt file per step and summary.txt. About 6 to 9 minutes on an H100 or
+# H200 (the zoo benchmark about one of them).
 #
 # Environment overrides:
 #   PYTHON            interpreter (default: python)
 #   GPU_CHECK_DEVICE  device (default: cuda; "cpu" runs the same steps on CPU as a
 #                     dry run of this script)
-#   GPU_CHECK_TESTS   test paths run with the default device set (see below)
+#   GPU_CHECK_TESTS   test paths run with the default device set (see below);
+#                     tests/vi holds the zoo's path and autocast tests
+#                     (test_paths.py, test_autocast.py)
 #   GPU_CHECK_TEST_FILTER  pytest -k expression; the default leaves out the slow
 #                     statistical tests (NUTS, moment checks, training until it
 #                     learns: 81 tests, three quarters of the time on CPU); set it
 #                     empty to run them all
 #   STEP_ARGS         extra arguments of step_benchmark.py (e.g. "--rounds 5")
 #   SCALING_ARGS      arguments of scaling_benchmark.py (default: --quick)
+#   ZOO_ARGS          extra arguments of zoo_benchmark.py (default none: on cuda 10
+#                     rounds x 5 steps; "--quick" for a smoke run)
 #   GPU_CHECK_COMPILE set to 1 to run compile_benchmark.py too (a few minutes more)
 #   STEP_TIMEOUT      seconds allowed per benchmark step (default 240)
 #   TESTS_TIMEOUT     seconds allowed for the tests (default 240)
@@ -49,6 +56,7 @@ if [ -n "$GPU_CHECK_TEST_FILTER" ]; then
 fi
 read -r -a STEP_EXTRA <<<"${STEP_ARGS:-}"
 read -r -a SCALING_EXTRA <<<"${SCALING_ARGS:---quick}"
+read -r -a ZOO_EXTRA <<<"${ZOO_ARGS:-}"
 
 mkdir -p "$OUT_DIR"
 SUMMARY="$OUT_DIR/summary.txt"
@@ -111,6 +119,8 @@ run_step step_benchmark "$STEP_TIMEOUT" "$PYTHON" benchmarks/step_benchmark.py \
     --all --device "$DEVICE" ${STEP_EXTRA[@]+"${STEP_EXTRA[@]}"}
 run_step memory_benchmark "$STEP_TIMEOUT" "$PYTHON" benchmarks/memory_benchmark.py \
     --all --device "$DEVICE"
+run_step zoo_benchmark "$STEP_TIMEOUT" "$PYTHON" benchmarks/zoo_benchmark.py \
+    --device "$DEVICE" ${ZOO_EXTRA[@]+"${ZOO_EXTRA[@]}"}
 run_step scaling_benchmark "$STEP_TIMEOUT" "$PYTHON" benchmarks/scaling_benchmark.py \
     --device "$DEVICE" ${SCALING_EXTRA[@]+"${SCALING_EXTRA[@]}"}
 run_step pyro_mode_benchmark "$STEP_TIMEOUT" "$PYTHON" benchmarks/pyro_mode_benchmark.py \

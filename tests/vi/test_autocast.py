@@ -1,5 +1,7 @@
 """Mixed precision: torch.autocast for every zoo model, on both paths, in both modes.
 
+On the test device (``--device``; bfloat16 and float16 on the CPU).
+
 The stated tolerance against the same step in float32 (bfloat16 keeps 8 bits of
 mantissa): the loss within 1 % (it is accumulated in float32), the outputs within
 0.1 and the gradients at a cosine similarity of at least 0.99 (0.6 and 0.7 for the
@@ -25,9 +27,12 @@ from tests.zoo import ZOO, ZooModel, dropout_off
 from torch_blue_pyro import vi
 from torch_blue_pyro.vi.distributions import Categorical
 
-pytestmark = pytest.mark.cpu_only  # autocast on the CPU; gpu_check.sh covers CUDA
-
 SAMPLES = 3
+
+
+def _device() -> str:
+    """The device type of the tests (``--device``: torch's default device)."""
+    return torch.get_default_device().type
 
 
 def _step(
@@ -36,7 +41,7 @@ def _step(
     """Output, loss and flat gradient of one torch_blue-mode step."""
     loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=100)
     torch.manual_seed(1)
-    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+    with torch.autocast(_device(), dtype=dtype, enabled=dtype != torch.float32):
         output = model(*inputs, samples=SAMPLES)
         loss = loss_fn(output, labels)
     loss.backward()
@@ -75,7 +80,7 @@ def test_prediction_under_autocast(entry: ZooModel, path: str) -> None:
     with torch.no_grad():
         expected = model(*inputs, samples=SAMPLES)
     torch.manual_seed(1)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(_device(), dtype=torch.bfloat16):
         output = model(*inputs, samples=SAMPLES)
     atol = entry.autocast_atol
     torch.testing.assert_close(output.float(), expected, rtol=0.0, atol=atol)
@@ -88,7 +93,7 @@ def _output_dtypes(name: str) -> tuple[torch.dtype, torch.dtype]:
     dtypes = []
     for execution in ("auto", "stacked"):
         model.sample_execution = execution
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(_device(), dtype=torch.bfloat16):
             dtypes.append(model(*entry.inputs(), samples=2).dtype)
     return dtypes[0], dtypes[1]
 
@@ -123,12 +128,12 @@ def test_svi_with_the_guide_under_autocast(entry: ZooModel, vectorize: bool) -> 
         optimizer = pyro.optim.Adam({"lr": 1e-3})
         svi = SVI(_pyro_model(copied), copied.guide, optimizer, elbo)
         pyro.set_rng_seed(3)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(_device(), dtype=dtype, enabled=dtype != torch.float32):
             losses.append(svi.step(inputs, labels))
         grads = [p.grad for p in copied.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
     assert losses[1] == pytest.approx(losses[0], rel=0.01)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(_device(), dtype=torch.bfloat16):
         predictive = Predictive(_pyro_model(net), guide=net.guide, num_samples=2)
         samples = predictive(inputs, labels)
     assert samples["obs"].shape == (2, labels.shape[0])
@@ -148,10 +153,10 @@ def _train_with_grad_scaler(half: bool) -> tuple[float, float]:
     y = (x.mean(dim=(1, 2, 3)) > 0).long()
     loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=64)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    scaler = torch.amp.GradScaler("cpu", enabled=half)
+    scaler = torch.amp.GradScaler(_device(), enabled=half)
     losses = []
     for _ in range(100):
-        with torch.autocast("cpu", dtype=torch.float16, enabled=half):
+        with torch.autocast(_device(), dtype=torch.float16, enabled=half):
             loss = loss_fn(model(x, samples=4), y)
         optimizer.zero_grad()
         scaler.scale(loss).backward()
@@ -210,7 +215,7 @@ def test_the_input_dtype_check_accepts_autocast_and_rejects_a_mismatch() -> None
     half = torch.randn(2, 1, 5, 5, dtype=torch.bfloat16)
     with pytest.raises(TypeError, match=r"expects input of dtype torch\.float32"):
         conv(half, samples=2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(_device(), dtype=torch.bfloat16):
         assert conv(half, samples=2).shape == (2, 2, 2, 3, 3)
         with pytest.raises(TypeError, match=r"got torch\.float64"):
             conv(half.double(), samples=2)
@@ -218,11 +223,12 @@ def test_the_input_dtype_check_accepts_autocast_and_rejects_a_mismatch() -> None
             conv(half.half(), samples=2)
 
 
+@pytest.mark.cpu_only  # CUDA's autocast names other dtypes
 def test_an_unsupported_autocast_dtype_gets_torchs_warning() -> None:
     model = vi.VILinear(3, 2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with torch.autocast("cpu", dtype=torch.float64):
+        with torch.autocast(_device(), dtype=torch.float64):
             output = model(torch.randn(4, 3), samples=2)
     assert output.dtype == torch.float32
     assert any("target dtype is not supported" in str(w.message) for w in caught)

@@ -197,7 +197,7 @@ def test_a_layer_that_cannot_run_under_vmap_is_named_with_the_way_out() -> None:
 
 
 def test_the_failing_module_is_named_by_its_path_in_a_converted_model() -> None:
-    class Block(nn.Module):
+    class NormedLinear(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.linear = nn.Linear(2, 3)
@@ -206,7 +206,7 @@ def test_the_failing_module_is_named_by_its_path_in_a_converted_model() -> None:
         def forward(self, x: Tensor) -> Tensor:
             return self.norm(self.linear(x))
 
-    model = nn.Sequential(nn.Linear(2, 2), Block())
+    model = nn.Sequential(nn.Linear(2, 2), NormedLinear())
     vi.convert_to_vimodule(model)
     model.sample_execution = "stacked"
     with pytest.raises(RuntimeError, match=r"_NormReadingItsVariance '1\.norm'"):

@@ -41,3 +41,9 @@ def test_from_tensor_converts_in_place() -> None:
     converted = vi.VIReturn.from_tensor(tensor, torch.ones(2, 2))
     assert converted is tensor and isinstance(tensor, vi.VIReturn)
     assert "log_probs=" in repr(converted)
+
+
+def test_a_vireturn_formats_as_a_tensor() -> None:
+    out = vi.VILinear(3, 2)(torch.randn(4, 3), samples=2)
+    assert f"{out.mean():.3f}" == f"{float(out.mean()):.3f}"
+    assert f"{out}" == f"{out.as_tensor()}"

@@ -232,3 +232,32 @@ def test_a_pretrained_resnet_keeps_its_eval_output_then_fine_tunes(path: str) ->
         losses.append(float(loss))
     assert losses[-1] < losses[0]
     assert not torch.equal(net.bn1.running_mean, running_mean)
+
+
+def test_converted_classes_of_the_same_name_pickle() -> None:
+    """Two classes named Block (say, in two modules) get two generated classes."""
+
+    class Block(nn.Module):  # not the Block above: the same name, another class
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x).relu()
+
+    nets = [nn.Sequential(Block(), nn.Linear(3, 2)), network()]
+    for net in nets:
+        vi.convert_to_vimodule(net)
+    first, second = (type(net[0 if net is nets[0] else 2]) for net in nets)
+    assert first is not second
+    assert first.__name__.startswith("AVIBlock") and second.__name__.startswith(
+        "AVIBlock"
+    )
+    assert first.__name__ != second.__name__
+    x = torch.randn(4, 3)
+    for net, inputs in zip(nets, (x, torch.randn(4, 4)), strict=True):
+        clone = pickle.loads(pickle.dumps(net))
+        torch.manual_seed(0)
+        expected = net(inputs, samples=2)
+        torch.manual_seed(0)
+        torch.testing.assert_close(clone(inputs, samples=2), expected)

@@ -200,14 +200,28 @@ def _bayesian_class(cls: type[nn.Module]) -> type[VIModule]:
     if cls in _generated_classes and cls not in _banned["reuse"]:
         return _generated_classes[cls]
     generated = type(
-        "AVI" + cls.__name__,
+        _free_name("AVI" + cls.__name__),
         (VIModule, cls),
         {"forward": cls.forward, "__module__": __name__},
     )
     # Registered by name, so pickle finds the class of a converted model.
-    globals().setdefault(generated.__name__, generated)
+    globals()[generated.__name__] = generated
     _generated_classes.setdefault(cls, generated)
     return generated
+
+
+def _free_name(name: str) -> str:
+    """``name``, or ``name_2``, ``name_3``, ...: the first one no class here holds.
+
+    Two classes of the same name (``Block`` in two modules, or a new class per
+    instance with ``ban_convert(..., "reuse")``) get generated classes of different
+    names, each of which pickle finds.
+    """
+    candidate, number = name, 1
+    while candidate in globals():
+        number += 1
+        candidate = f"{name}_{number}"
+    return candidate
 
 
 def _builtin_counterpart(cls: type[nn.Module]) -> type[VIModule] | None:

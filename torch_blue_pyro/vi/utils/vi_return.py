@@ -99,6 +99,10 @@ class VIReturn(Tensor):
     def __reduce_ex__(self, protocol: Any) -> Any:
         return (VIReturn, (self.as_tensor().detach(), self.log_probs))
 
+    def __format__(self, format_spec: str) -> str:
+        """Format as the plain tensor does (a one-element one as its number)."""
+        return self.as_tensor().__format__(format_spec)
+
     def __repr__(self, *, tensor_contents: Any = None) -> Any:  # type: ignore[override]
         text = repr(self.as_tensor())
         if self.log_probs is None:
