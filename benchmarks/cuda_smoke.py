@@ -175,25 +175,9 @@ def layer_checks(device: torch.device) -> dict[str, Callable[[], None]]:
         train_step(net, torch.randn(5, 7, 8, device=device), y)
 
     def transformer() -> None:
-        body = vi.VITransformer(
-            d_model=8,
-            nhead=2,
-            num_encoder_layers=1,
-            num_decoder_layers=1,
-            dim_feedforward=16,
-            device=device,
-        )
-
-        class Seq2Seq(vi.VIModule):
-            def __init__(self) -> None:
-                super().__init__()
-                self.body = body
-                self.head = vi.VILinear(8, 3, device=device)
-
-            def forward(self, x: Tensor) -> Tensor:
-                return self.head(self.body(x, x).mean(-2))
-
-        train_step(Seq2Seq(), torch.randn(5, 7, 8, device=device), y)
+        source = torch.randn(5, 7, 16, device=device)
+        target = torch.randn(5, 4, 16, device=device)
+        train_step(TransformerClassifier(device), (source, target), y)
 
     return {
         "VILinear": linear,

@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_FULL_PRECISION = (torch.float32, torch.float64)
 _T = TypeVar("_T")
 
 
@@ -79,6 +80,8 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     torch.dtype
         ``torch.promote_types(dtype, torch.float32)``.
     """
+    if dtype in _FULL_PRECISION:  # the common case, without a dispatcher call
+        return dtype
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -168,7 +171,10 @@ def autocast_forward(forward: _F) -> _F:
 
     @functools.wraps(forward)
     def recording(ctx: Any, *args: Any) -> Any:
-        device_type = next(a for a in args if isinstance(a, Tensor)).device.type
+        first = args[0] if isinstance(args[0], Tensor) else None
+        if first is None:
+            first = next(a for a in args if isinstance(a, Tensor))
+        device_type = first.device.type
         ctx.autocast = (device_type, autocast_dtype(device_type))
         return forward(ctx, *args)
 

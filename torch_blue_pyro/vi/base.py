@@ -71,10 +71,6 @@ _CALL = _CallState()
 _SAMPLE_EXECUTIONS = ("auto", "stacked", "loop")
 
 
-# The call state is read and written outside of torch.compile's graphs: Dynamo
-# defers writes to Python objects until a graph ends, so a value written and read back
-# within one traced frame (a thread-local's attribute) would be stale.
-@torch.compiler.disable
 def current_num_samples() -> int | None:
     """``S`` while tensors carry torch_blue's leading sample dimension, else ``None``.
 
@@ -91,20 +87,32 @@ def current_num_samples() -> int | None:
     return _CALL.num_samples
 
 
-@torch.compiler.disable
 def current_sampled_call() -> SampledCall | None:
     """The outermost call evaluating stacked samples in progress, if any."""
     return _CALL.sampled
 
 
-@torch.compiler.disable
+def _write_call_state(
+    num_samples: int | None, sampled: SampledCall | None
+) -> tuple[int | None, SampledCall | None]:
+    previous = _CALL.num_samples, _CALL.sampled
+    _CALL.num_samples, _CALL.sampled = num_samples, sampled
+    return previous
+
+
+# Dynamo defers writes to Python objects until a graph ends, so a thread-local's
+# attribute written and read back within one traced frame would be read stale: under
+# torch.compile the state is written outside the graphs (a graph break).
+_write_call_state_outside_graphs = torch.compiler.disable(_write_call_state)
+
+
 def _set_call_state(
     num_samples: int | None, sampled: SampledCall | None
 ) -> tuple[int | None, SampledCall | None]:
     """Set ``S`` and the call in progress; return the previous values."""
-    previous = _CALL.num_samples, _CALL.sampled
-    _CALL.num_samples, _CALL.sampled = num_samples, sampled
-    return previous
+    if torch.compiler.is_compiling():
+        return _write_call_state_outside_graphs(num_samples, sampled)
+    return _write_call_state(num_samples, sampled)
 
 
 class _PriorOf:
