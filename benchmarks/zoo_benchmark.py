@@ -30,6 +30,9 @@ random labels of 10 classes, ``--samples`` (4) weight samples.  The cases:
 ``floor``
     The deterministic ResNet-18 on the batch repeated ``samples`` times (the work of
     the samples without any sampling), trained with cross-entropy.
+``torch_blue_pyro stacked compiled`` / ``torch_blue_pyro loop compiled``
+    With ``--compile``: the training step with ``torch.compile(model)`` (inductor),
+    compiled during the warm-up.
 ``noise only``
     ``torch.randn(samples, *shape)`` for every parameter of the network: the weight
     noise that any implementation with independent weight samples draws, a lower
@@ -114,7 +117,18 @@ LOOP = f"{PYRO} loop"
 TORCH_BLUE = "torch_blue"
 BAYESIAN_TORCH = "bayesian-torch"
 FLOOR = "floor"
-IMPLEMENTATIONS = (STACKED, LOOP, TORCH_BLUE, BAYESIAN_TORCH, FLOOR, NOISE)
+COMPILED = " compiled"
+"""The suffix of our paths under ``torch.compile`` (``--compile``)."""
+IMPLEMENTATIONS = (
+    STACKED,
+    f"{STACKED}{COMPILED}",
+    LOOP,
+    f"{LOOP}{COMPILED}",
+    TORCH_BLUE,
+    BAYESIAN_TORCH,
+    FLOOR,
+    NOISE,
+)
 INSTALL = {
     TORCH_BLUE: "pip install -e '.[bench]' (torch-blue==1.1.0)",
     BAYESIAN_TORCH: "pip install --no-deps bayesian-torch==0.5.0",
@@ -236,17 +250,26 @@ def predict_step(model: nn.Module, forward: Callable[[], Any]) -> Step:
 
 
 def vi_steps(
-    setting: Setting, library: str, execution: str | None, precision: str
+    setting: Setting,
+    library: str,
+    execution: str | None,
+    precision: str,
+    compiled: bool = False,
 ) -> tuple[Step, Step]:
-    """Train and predict of a converted network of a library with a ``vi`` API."""
+    """Train and predict of a converted network of a library with a ``vi`` API.
+
+    ``compiled``: the training step's forward runs ``torch.compile(model)``
+    (inductor; the warm-up compiles it).
+    """
     vi = import_library(f"{library}.vi")
     x, y, samples = setting.x, setting.y, setting.samples
     loss_fn = vi.KullbackLeiblerLoss(
         vi.distributions.Categorical(), dataset_size=DATASET_SIZE
     )
     trained = converted_resnet(setting, library, execution)
+    forward = torch.compile(trained) if compiled else trained
     train = train_step(
-        trained, lambda: loss_fn(trained(x, samples=samples), y), precision
+        trained, lambda: loss_fn(forward(x, samples=samples), y), precision
     )
     predicting = converted_resnet(setting, library, execution)
     predicting.return_log_probs = False
@@ -301,7 +324,9 @@ def implementation_steps(
         return bayesian_torch_steps(setting, precision)
     if implementation == TORCH_BLUE:
         return vi_steps(setting, TORCH_BLUE, None, precision)
-    return vi_steps(setting, PYRO, implementation.rsplit(" ", 1)[1], precision)
+    execution = implementation.removesuffix(COMPILED).rsplit(" ", 1)[1]
+    compiled = implementation.endswith(COMPILED)
+    return vi_steps(setting, PYRO, execution, precision, compiled)
 
 
 def precisions(device: torch.device) -> tuple[str, ...]:
@@ -313,13 +338,17 @@ def precisions(device: torch.device) -> tuple[str, ...]:
     return (FLOAT32, BF16)
 
 
-def case_plan(device: torch.device) -> list[tuple[str, str, tuple[str, ...]]]:
+def case_plan(
+    device: torch.device, compiled: bool
+) -> list[tuple[str, str, tuple[str, ...]]]:
     """(implementation, precision, tasks) of every case, in the order of the rounds."""
     plan: list[tuple[str, str, tuple[str, ...]]] = []
     for precision in precisions(device):
         for implementation in (FLOOR, STACKED, LOOP):
             tasks = TASKS if precision == FLOAT32 else ("train",)
             plan.append((implementation, precision, tasks))
+    if compiled:
+        plan += [(f"{path}{COMPILED}", FLOAT32, ("train",)) for path in (STACKED, LOOP)]
     plan += [
         (TORCH_BLUE, FLOAT32, TASKS),
         (BAYESIAN_TORCH, FLOAT32, TASKS),
@@ -346,11 +375,11 @@ class Results:
     versions: dict[str, str]
 
 
-def build_cases(setting: Setting, warmup: int) -> Results:
+def build_cases(setting: Setting, warmup: int, compiled: bool) -> Results:
     """Build and warm up every case; record what fails or is missing."""
     sync = synchronizer(setting.device)
     results = Results([], {}, {}, {})
-    for implementation, precision, tasks in case_plan(setting.device):
+    for implementation, precision, tasks in case_plan(setting.device, compiled):
         library = (
             implementation
             if implementation in (FLOOR, NOISE)
@@ -529,6 +558,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeats", type=int, help="measured steps per memory peak (default 2)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time our training steps with torch.compile(model) (inductor; "
+        "compiling the loop path takes minutes on a CPU)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="torch random seed")
     args = parser.parse_args(argv)
     cuda = torch.device(args.device).type == "cuda"
@@ -560,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples=args.samples,
         width=args.width,
     )
-    results = build_cases(setting, args.warmup)
+    results = build_cases(setting, args.warmup, args.compile)
 
     print(
         f"# Zoo benchmark: Bayesian ResNet-18 (width {args.width}) on "
