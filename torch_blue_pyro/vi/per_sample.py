@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -110,10 +111,7 @@ def run_per_sample(
                 for x, parts in zip(args, args_per_sample, strict=True)
             )
             one_draw = {name: parts[index] for name, parts in draws_per_sample.items()}
-            if region is None:
-                outputs.append(forward(one_draw, *inputs))
-                continue
-            with region.sample(index):
+            with nullcontext() if region is None else region.sample(index):
                 outputs.append(forward(one_draw, *inputs))
         return _stack_outputs(outputs)
 
@@ -122,9 +120,7 @@ def run_per_sample(
         stacks: list[dict[str, Tensor]],
         *inputs: Any,
     ) -> Any:
-        if region is None:
-            return forward(one_draw, *inputs)
-        with region.installed(stacks):
+        with nullcontext() if region is None else region.installed(stacks):
             return forward(one_draw, *inputs)
 
     stacks = [] if region is None else region.vmap_inputs()
