@@ -57,6 +57,7 @@ class VariationalMessenger(TransparentMessenger):
         self.with_log_probs = with_log_probs
         self._log_prior: list[Tensor] = []
         self._log_variational: list[Tensor] = []
+        self._drawn: list[str | None] = []  # the site of each term, None: recorded
 
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
         site = self.sites.get(msg["name"])
@@ -68,6 +69,7 @@ class VariationalMessenger(TransparentMessenger):
         if log_prior is not None and log_variational is not None:
             self._log_prior.append(log_prior)
             self._log_variational.append(log_variational)
+            self._drawn.append(msg["name"])
         msg["value"] = value
         msg["done"] = True
 
@@ -84,6 +86,7 @@ class VariationalMessenger(TransparentMessenger):
         if self.with_log_probs:
             self._log_prior.append(log_prior.expand(self.num_samples))
             self._log_variational.append(log_variational.expand(self.num_samples))
+            self._drawn.append(None)
 
     def log_probs(self, reference: Tensor) -> Tensor:
         """The ``(S, 2)`` [log prior, log variational] of the draws so far.
@@ -109,6 +112,25 @@ class VariationalMessenger(TransparentMessenger):
         log_prior = torch.stack([t.to(dtype) for t in self._log_prior]).sum(dim=0)
         log_variational = torch.stack([t.to(dtype) for t in self._log_variational])
         return torch.stack((log_prior, log_variational.sum(dim=0)), dim=1)
+
+
+    def site_log_probs(self) -> dict[str, Tensor]:
+        """The ``(S, 2)`` [log prior, log variational] of each site drawn, by name.
+
+        Terms recorded with :meth:`record` belong to no site and are left out.
+
+        Returns
+        -------
+        dict[str, Tensor]
+            Per site name, its draws' log-probabilities.
+        """
+        return {
+            name: torch.stack((log_prior, log_variational), dim=1)
+            for name, log_prior, log_variational in zip(
+                self._drawn, self._log_prior, self._log_variational, strict=True
+            )
+            if name is not None
+        }
 
 
 def active_sampler() -> VariationalMessenger | None:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn import Parameter, init
 from torch.nn.modules.conv import _ConvNd
 
-from ..amp import autocast_dtype
+from ..amp import accumulation_dtype, autocast_dtype
 from ..guides import sample_from_variational
 from ..poutine.estimators import active_estimator, carry_gaussian
 from ..poutine.runtime import (
@@ -217,6 +217,9 @@ class VIModule(PyroModule):
     #: layers keep per-sample statistics); set it on the outermost module.
     sample_execution: str = "auto"
     _return_log_probs: bool = True
+    #: Whether a direct call autosamples: true until the module becomes a
+    #: descendant of another VIModule (see :meth:`gather_log_probs`).
+    _has_sampling_responsibility: bool = True
 
     def __init__(
         self,
@@ -234,6 +237,8 @@ class VIModule(PyroModule):
     ) -> None:
         if convert_overwrite:
             _add_pyro_module_state(self)
+            for child in self.children():  # converted bottom-up: they exist
+                _take_sampling_responsibility(child)
         else:
             super().__init__()
         self._return_log_probs = return_log_probs
@@ -436,12 +441,58 @@ class VIModule(PyroModule):
         return RandomVariable(self, variable).log_probs(sample)
 
     def reset_log_probs(self) -> None:
-        """Kept for torch_blue compatibility; there is nothing to reset.
+        """Forget the log-probabilities recorded by direct calls of nested modules.
 
-        Log-probabilities here are collected per call by the sampling handler and
-        never stored on modules, so reading a weight outside ``forward`` cannot leak
-        into the next call's log-probabilities.
+        See :meth:`gather_log_probs`. Reading a weight outside ``forward`` records
+        nothing, so it cannot leak into the next call's log-probabilities.
         """
+        for module in self.modules():
+            module.__dict__.pop("_log_probs", None)
+
+    def gather_log_probs(self) -> Tensor:
+        """The log-probabilities recorded by direct calls of nested modules; reset them.
+
+        As in torch_blue, a VIModule that is a descendant of another VIModule (a
+        layer of a ``VISequential``, say) gives up autosampling: called directly,
+        outside a call of its outermost module, it draws one sample of each of its
+        random variables, returns its plain output without a sample dimension and
+        records the draws' ``[log prior, log variational]``. This gathers them from
+        this module and all below it: per random variable the mean over the recorded
+        calls, summed over the variables.
+
+        Returns
+        -------
+        Tensor
+            Shape ``(2,)``: [log prior, log variational]; zeros if nothing was
+            recorded.
+        """
+        gathered = []
+        for module in self.modules():
+            for records in module.__dict__.pop("_log_probs", {}).values():
+                gathered.append(torch.stack(records).mean(dim=0))
+        if not gathered:
+            reference = next(iter(self.parameters()), torch.zeros(()))
+            return reference.new_zeros(2, dtype=accumulation_dtype(reference.dtype))
+        return torch.stack(gathered).sum(dim=0)
+
+    def add_module(self, name: str, module: nn.Module | None) -> None:
+        """Register a submodule; VIModules below it give up autosampling.
+
+        Parameters
+        ----------
+        name: str
+            The attribute name.
+        module: nn.Module, optional
+            The submodule.
+        """
+        super().add_module(name, module)
+        if module is not None:
+            _take_sampling_responsibility(module)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if isinstance(value, nn.Module):
+            _take_sampling_responsibility(value)
 
     @property
     def return_log_probs(self) -> bool:
@@ -548,9 +599,38 @@ class VIModule(PyroModule):
                             "num_samples)"
                         )
                 return self._pyro_forward(args, kwargs)
+            if not self._has_sampling_responsibility:
+                return self._single_sample_forward(args, kwargs)
             return self.sampled_forward(*args, **kwargs)
         finally:
             _CALL.depth -= 1
+
+    def _single_sample_forward(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A nested module called directly: one draw, recorded (gather_log_probs)."""
+        for keyword in ("samples", "sampled_input"):
+            if keyword in kwargs:
+                raise TypeError(
+                    f"{keyword} is for the outermost module: {type(self).__name__} is "
+                    "part of another VIModule, so called directly it runs on one "
+                    "weight sample, as in torch_blue (call the outermost module, or "
+                    "build this one on its own, to autosample)"
+                )
+        sites = self._bind_submodules()
+        sampler = VariationalMessenger(1, sites, self._return_log_probs)
+        context = self.__dict__["_pyro_context"]
+        with sampler, context:
+            draws = _draw(sites)
+            context.cache.update({name: draw[0] for name, draw in draws.items()})
+            output = PyroModule.__call__(self, *args, **kwargs)
+        if self._return_log_probs:
+            for name, log_probs in sampler.site_log_probs().items():
+                site = sites[name]
+                records = site.module.__dict__.setdefault("_log_probs", {})
+                records.setdefault(site.variable, []).append(log_probs[0])
+        return output
+
 
     def sampled_forward(
         self,
@@ -746,6 +826,13 @@ class VIModule(PyroModule):
                     context.cache.update(saved)
 
             return run_per_sample(call, self, forward_one_sample, args, draws, loop)
+
+
+def _take_sampling_responsibility(module: nn.Module) -> None:
+    """The VIModules in ``module`` (itself included) are nested: no autosampling."""
+    for submodule in module.modules():
+        if isinstance(submodule, VIModule):
+            submodule.__dict__["_has_sampling_responsibility"] = False
 
 
 def _draw(sites: Mapping[str, RandomVariable]) -> dict[str, Tensor]:
