@@ -633,3 +633,44 @@ def test_loads_torch_blue_0_9_checkpoints() -> None:
     target.load_state_dict(checkpoint)
     for key, value in source.state_dict().items():
         torch.testing.assert_close(target.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_optional_boolean_arguments_mean_what_they_mean_in_torch() -> None:
+    """torch's layers take Optional[bool] hints; None counts as False there."""
+    attention = vi.VIMultiheadAttention(8, 2)
+    x = torch.randn(2, 3, 8)
+    results = []
+    for need_weights, is_causal in ((None, None), (False, False)):
+        torch.manual_seed(0)
+        results.append(
+            attention(x, x, x, need_weights=need_weights, is_causal=is_causal)
+        )
+    (out, weights), (expected, _) = results
+    assert weights is None
+    torch.testing.assert_close(out, expected)
+
+    encoder_layer = vi.VITransformerEncoderLayer(8, 2, 16, dropout=0.0)
+    decoder_layer = vi.VITransformerDecoderLayer(8, 2, 16, dropout=0.0)
+    memory = torch.randn(2, 5, 8)
+    for layer, inputs, hints in (
+        (encoder_layer, (x,), {"is_causal": None}),
+        (decoder_layer, (x, memory), {"tgt_is_causal": None, "memory_is_causal": None}),
+    ):
+        torch.manual_seed(0)
+        given = layer(*inputs, **hints)
+        torch.manual_seed(0)
+        torch.testing.assert_close(given, layer(*inputs))
+
+
+def test_a_decoder_layer_serves_as_the_custom_decoder() -> None:
+    """VITransformer passes tgt_is_causal=None to its decoder, as nn.Transformer."""
+    transformer = vi.VITransformer(
+        d_model=8,
+        nhead=2,
+        num_encoder_layers=1,
+        dim_feedforward=16,
+        batch_first=True,
+        custom_decoder=vi.VITransformerDecoderLayer(8, 2, 16),
+    )
+    output = transformer(torch.randn(3, 5, 8), torch.randn(3, 4, 8), samples=2)
+    assert output.shape == (2, 3, 4, 8)

@@ -113,7 +113,6 @@ class VariationalMessenger(TransparentMessenger):
         log_variational = torch.stack([t.to(dtype) for t in self._log_variational])
         return torch.stack((log_prior, log_variational.sum(dim=0)), dim=1)
 
-
     def site_log_probs(self) -> dict[str, Tensor]:
         """The ``(S, 2)`` [log prior, log variational] of each site drawn, by name.
 

@@ -21,7 +21,7 @@ from .distributions import (
     VariationalDistribution,
 )
 from .kl_loss import _plain, _SampledOutputLoss
-from .utils.norm_constants import norm_constants_enabled
+from .utils.use_norm_constants import norm_constants_enabled
 
 
 def _missing_forward(self: KullbackLeiblerModule, *parameters: Any) -> Tensor:

@@ -631,7 +631,6 @@ class VIModule(PyroModule):
                 records.setdefault(site.variable, []).append(log_probs[0])
         return output
 
-
     def sampled_forward(
         self,
         *input_: Any,

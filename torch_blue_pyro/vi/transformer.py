@@ -331,6 +331,8 @@ class VIMultiheadAttention(VIModule):
         self.head_dim = embed_dim // num_heads
         self.batch_first = batch_first
         self.add_zero_attn = add_zero_attn
+        self.add_kv_bias = add_bias_kv  # torch_blue's names of the two flags
+        self.bias = bias
         self.dropout = float(dropout)
 
     def forward(
@@ -341,9 +343,9 @@ class VIMultiheadAttention(VIModule):
         attn_mask: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         average_attn_weights: bool = True,
-        is_causal: bool = False,
+        is_causal: bool | None = False,
         *,
-        need_weights: bool = True,
+        need_weights: bool | None = True,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query`` to ``key`` and ``value``.
 
@@ -369,10 +371,11 @@ class VIMultiheadAttention(VIModule):
             Return the attention weights averaged over heads, else per head.
         is_causal: bool, default: False
             Hint that ``attn_mask`` is the causal mask (which must be given), so the
-            fused kernel may apply it by itself, as in ``torch.nn``.
+            fused kernel may apply it by itself, as in ``torch.nn`` (``None`` counts
+            as ``False``, as there).
         need_weights: bool, default: True
             Return the attention weights (keyword only; torch_blue always does).
-            ``False`` is faster.
+            ``False`` (or ``None``) is faster.
 
         Returns
         -------
@@ -386,6 +389,7 @@ class VIMultiheadAttention(VIModule):
         RuntimeError
             If ``is_causal`` is given without ``attn_mask`` (as ``torch.nn``).
         """
+        is_causal, need_weights = bool(is_causal), bool(need_weights)
         num_samples = current_num_samples()
         lead = 0 if num_samples is None else 1
         batched = self._check_inputs(query, key, value, lead)
@@ -782,7 +786,7 @@ class VITransformerEncoderLayer(VIModule):
         src: Tensor,
         src_mask: Tensor | None = None,
         src_key_padding_mask: Tensor | None = None,
-        is_causal: bool = False,
+        is_causal: bool | None = False,
     ) -> Tensor:
         """Pass ``src`` through self-attention and the feed-forward block.
 
@@ -796,7 +800,8 @@ class VITransformerEncoderLayer(VIModule):
         src_key_padding_mask: Tensor, optional
             ``(N, L)`` (``(L,)`` unbatched), boolean (``True`` = padding) or additive.
         is_causal: bool, default: False
-            Hint that ``src_mask`` is the causal mask.
+            Hint that ``src_mask`` is the causal mask (``None``: ``False``, as in
+            ``torch.nn``).
 
         Returns
         -------
@@ -809,6 +814,7 @@ class VITransformerEncoderLayer(VIModule):
             If the last dimension of ``src`` is not ``d_model`` or a mask does not fit.
         """
         _check_width("VITransformerEncoderLayer", "src", src, self.self_attn.embed_dim)
+        is_causal = bool(is_causal)
         x = src
         if self.norm_first:
             x = x + self._sa_block(
@@ -1003,8 +1009,8 @@ class VITransformerDecoderLayer(VIModule):
         memory_mask: Tensor | None = None,
         tgt_key_padding_mask: Tensor | None = None,
         memory_key_padding_mask: Tensor | None = None,
-        tgt_is_causal: bool = False,
-        memory_is_causal: bool = False,
+        tgt_is_causal: bool | None = False,
+        memory_is_causal: bool | None = False,
     ) -> Tensor:
         """Pass ``tgt`` through self-attention, memory attention and feed-forward.
 
@@ -1023,9 +1029,10 @@ class VITransformerDecoderLayer(VIModule):
         memory_key_padding_mask: Tensor, optional
             ``(N, L_m)`` (``(L_m,)`` unbatched).
         tgt_is_causal: bool, default: False
-            Hint that ``tgt_mask`` is the causal mask.
+            Hint that ``tgt_mask`` is the causal mask (``None``: ``False``, as in
+            ``torch.nn``).
         memory_is_causal: bool, default: False
-            Hint that ``memory_mask`` is the causal mask.
+            Hint that ``memory_mask`` is the causal mask (``None``: ``False``).
 
         Returns
         -------
@@ -1038,6 +1045,7 @@ class VITransformerDecoderLayer(VIModule):
             If the last dimension of ``tgt`` or ``memory`` is not ``d_model`` or a
             mask does not fit.
         """
+        tgt_is_causal, memory_is_causal = bool(tgt_is_causal), bool(memory_is_causal)
         d_model = self.self_attn.embed_dim
         _check_width("VITransformerDecoderLayer", "tgt", tgt, d_model)
         _check_width("VITransformerDecoderLayer", "memory", memory, d_model)
@@ -1299,7 +1307,7 @@ class VITransformerDecoder(VIModule):
         tgt_key_padding_mask: Tensor | None = None,
         memory_key_padding_mask: Tensor | None = None,
         tgt_is_causal: bool | None = None,
-        memory_is_causal: bool = False,
+        memory_is_causal: bool | None = False,
     ) -> Tensor:
         """Pass ``tgt`` (attending to ``memory``) through the layers, then ``norm``.
 
@@ -1320,7 +1328,7 @@ class VITransformerDecoder(VIModule):
         tgt_is_causal: bool, optional
             Hint that ``tgt_mask`` is the causal mask; ``None`` detects it.
         memory_is_causal: bool, default: False
-            Hint that ``memory_mask`` is the causal mask.
+            Hint that ``memory_mask`` is the causal mask (``None``: ``False``).
 
         Returns
         -------
@@ -1522,7 +1530,7 @@ class VITransformer(VIModule):
         memory_key_padding_mask: Tensor | None = None,
         src_is_causal: bool | None = None,
         tgt_is_causal: bool | None = None,
-        memory_is_causal: bool = False,
+        memory_is_causal: bool | None = False,
     ) -> Tensor:
         """Encode ``src`` and decode ``tgt`` attending to the encoding.
 

@@ -150,7 +150,7 @@ def test_initial_scale_of_both_spellings() -> None:
         ({"initial_scale": -1.0}, "initial_scale must be a positive finite number"),
         ({"degrees_of_freedom": 0.0}, "degrees_of_freedom must be a positive"),
         ({"mean": float("nan")}, "mean must be a finite number"),
-        ({"scale": 1.0, "initial_scale": 1.0}, "not both"),
+        ({"scale": 2.0, "initial_scale": 1.0}, "not both"),
     ],
 )
 def test_invalid_arguments(kwargs: dict, message: str) -> None:

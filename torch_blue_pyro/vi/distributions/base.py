@@ -175,6 +175,21 @@ def _role_hook(cls: type, role: str, subclass: type) -> Any:
     return NotImplemented
 
 
+class _RoleFlag:
+    """torch_blue 0.9's role flag, read from the roles a class plays.
+
+    A plain bool on the class and on its instances (a ``property`` would be a
+    property object, always true, on the class). A 0.9-style class that declares the
+    flag overrides it; an instance may still set it, as 0.9's did in ``__init__``.
+    """
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+
+    def __get__(self, instance: object, owner: type) -> bool:
+        return issubclass(owner, _ROLES[self.flag])
+
+
 class Distribution(metaclass=_RoleMeta):
     """Base class of all torch_blue distributions.
 
@@ -214,20 +229,13 @@ class Distribution(metaclass=_RoleMeta):
         """The parameter closest to a deterministic weight (typically the mean)."""
         return self.distribution_parameters[0]
 
-    @property
-    def is_prior(self) -> bool:
-        """Whether the distribution can be a prior (torch_blue 0.9's role flag)."""
-        return isinstance(self, Prior)
-
-    @property
-    def is_variational_distribution(self) -> bool:
-        """Whether it can be a variational distribution (torch_blue 0.9's flag)."""
-        return isinstance(self, VariationalDistribution)
-
-    @property
-    def is_predictive_distribution(self) -> bool:
-        """Whether it can be a predictive distribution (torch_blue 0.9's flag)."""
-        return isinstance(self, PredictiveDistribution)
+    #: Whether the distribution can be a prior (torch_blue 0.9's role flag; a bool
+    #: on the class and on instances).
+    is_prior = _RoleFlag("is_prior")
+    #: Whether it can be a variational distribution (torch_blue 0.9's flag).
+    is_variational_distribution = _RoleFlag("is_variational_distribution")
+    #: Whether it can be a predictive distribution (torch_blue 0.9's flag).
+    is_predictive_distribution = _RoleFlag("is_predictive_distribution")
 
     def log_prob(self, sample: Tensor, parameters: tuple[Tensor, ...]) -> Tensor:
         """Elementwise log-probability of ``sample`` given the distribution parameters.
@@ -759,13 +767,14 @@ class PredictiveDistribution(Distribution):
         return _role_hook(cls, "is_predictive_distribution", subclass)
 
     @abstractmethod
-    def predictive_parameters_from_samples(self, samples: Tensor) -> Any:
+    def predictive_parameters_from_samples(self, sample: Tensor) -> Any:
         """Estimate the predictive parameters from sampled outputs.
 
         Parameters
         ----------
-        samples: Tensor
-            Model outputs of shape ``(S, *)``.
+        sample: Tensor
+            Model outputs of shape ``(S, *)`` (named as in torch_blue 1.1's base
+            class; its distributions call it ``samples``).
 
         Returns
         -------

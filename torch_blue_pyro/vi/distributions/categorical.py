@@ -43,13 +43,18 @@ class Categorical(PredictiveDistribution):
     def __repr__(self) -> str:
         return f"Categorical(input_type={self.input_type!r})"
 
-    def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:
+    def predictive_parameters_from_samples(
+        self, samples: Tensor, eps: float | None = None
+    ) -> Tensor:
         """Sample-averaged class probabilities.
 
         Parameters
         ----------
         samples: Tensor
             ``(S, *, C)`` logits or probabilities.
+        eps: float, optional
+            torch_blue 0.9's per-call ``eps`` (added to the logits); default: the
+            constructor's.
 
         Returns
         -------
@@ -58,7 +63,8 @@ class Categorical(PredictiveDistribution):
             1-tuple; every method here accepts both).
         """
         if self.input_type == "logits":
-            return F.softmax(samples + self.eps, dim=-1).mean(dim=0)
+            shift = self.eps if eps is None else eps
+            return F.softmax(samples + shift, dim=-1).mean(dim=0)
         return (samples / samples.sum(dim=-1, keepdim=True)).mean(dim=0)
 
     def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
@@ -83,6 +89,34 @@ class Categorical(PredictiveDistribution):
             :func:`~torch_blue_pyro.vi.utils.value_checks_enabled`) a label is not an
             integer in ``[0, C)``.
         """
+        return self._label_log_probs(sample, parameters, self.eps)
+
+    def log_prob_from_parameters(
+        self, reference: Tensor, parameters: Any, eps: float | None = None
+    ) -> Tensor:
+        """Log-probability of integer labels under predicted class probabilities.
+
+        Parameters
+        ----------
+        reference: Tensor
+            ``(*)`` integer class labels.
+        parameters: Tensor or tuple[Tensor]
+            ``(*, C)`` class probabilities, as
+            :meth:`predictive_parameters_from_samples` returns them.
+        eps: float, optional
+            torch_blue 0.9's per-call ``eps`` (added to the probabilities before the
+            logarithm); default: the constructor's.
+
+        Returns
+        -------
+        Tensor
+            ``(*)`` log-probabilities.
+        """
+        return self._label_log_probs(
+            reference, parameters, self.eps if eps is None else eps
+        )
+
+    def _label_log_probs(self, sample: Tensor, parameters: Any, eps: float) -> Tensor:
         probs = parameters[0] if isinstance(parameters, (tuple, list)) else parameters
         num_classes = probs.shape[-1]
         labels = sample.long()
@@ -93,7 +127,7 @@ class Categorical(PredictiveDistribution):
                 f"target of shape {tuple(labels.shape)} does not match predictions of "
                 f"shape {tuple(probs.shape[:-1])} (batch) x {num_classes} (classes)"
             )
-        log_probs = torch.log(probs + self.eps)
+        log_probs = torch.log(probs + eps)
         return log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 

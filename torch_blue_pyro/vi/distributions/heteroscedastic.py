@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ...sites import HALF_LOG_TWO_PI
 from ...uncertainty import regression_uncertainty, split_mean_log_sigma
-from ..utils.norm_constants import norm_constants_enabled
+from ..utils.use_norm_constants import norm_constants_enabled
 from .base import PredictiveDistribution, _as_parameter_tuple
 
 

@@ -16,7 +16,7 @@ from ...sites import (
     NormalWeightPrior,
     sum_of_squares,
 )
-from ..utils.norm_constants import norm_constants_enabled
+from ..utils.use_norm_constants import norm_constants_enabled
 from .base import (
     PredictiveDistribution,
     Prior,

@@ -12,7 +12,7 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor
 
 from ...poutine.runtime import in_pyro_inference
-from ..utils.norm_constants import norm_constants_enabled
+from ..utils.use_norm_constants import norm_constants_enabled
 from .base import Prior, _as_parameter_tuple, _sum_per_sample
 
 if TYPE_CHECKING:

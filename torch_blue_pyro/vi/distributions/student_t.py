@@ -10,7 +10,7 @@ import torch
 from pyro.distributions import TorchDistribution
 from torch import Tensor
 
-from ..utils.norm_constants import norm_constants_enabled
+from ..utils.use_norm_constants import norm_constants_enabled
 from .base import (
     VariationalDistribution,
     _as_parameter_tuple,
@@ -55,13 +55,14 @@ class MeanFieldStudentT(VariationalDistribution):
         Accepted for torch_blue compatibility and ignored: the distribution follows
         its parameters' device.
     initial_scale: float, optional
-        torch_blue 0.9's name of ``scale``; give one of the two.
+        torch_blue 0.9's name of ``scale``; give one of the two (``scale`` keeps
+        its default then).
 
     Raises
     ------
     ValueError
-        If an argument is not finite or out of its range, or both ``scale`` and
-        ``initial_scale`` are given.
+        If an argument is not finite or out of its range, or ``initial_scale`` is
+        given with a ``scale`` other than the default.
 
     Examples
     --------
@@ -76,22 +77,20 @@ class MeanFieldStudentT(VariationalDistribution):
     def __init__(
         self,
         mean: float = 0.0,
-        scale: float | None = None,
+        scale: float = 1.0,
         degrees_of_freedom: float = 4.0,
         device: torch.device | str | None = None,
         *,
         initial_scale: float | None = None,
     ) -> None:
-        if scale is not None and initial_scale is not None:
-            raise ValueError(
-                "give scale (torch_blue 1.1) or initial_scale (torch_blue 0.9), not "
-                f"both: got scale={scale!r}, initial_scale={initial_scale!r}"
-            )
-        if scale is None:
-            argument = "scale" if initial_scale is None else "initial_scale"
-            scale = 1.0 if initial_scale is None else initial_scale
-        else:
-            argument = "scale"
+        argument = "scale"
+        if initial_scale is not None:
+            if scale != 1.0:
+                raise ValueError(
+                    "give scale (torch_blue 1.1) or initial_scale (torch_blue 0.9), "
+                    f"not both: got scale={scale!r}, initial_scale={initial_scale!r}"
+                )
+            argument, scale = "initial_scale", initial_scale
         for name, value, positive in (
             ("mean", mean, False),
             (argument, scale, True),

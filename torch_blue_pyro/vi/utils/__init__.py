@@ -1,8 +1,9 @@
 """Utilities of the torch_blue API: errors, the output type, global switches."""
 
+from . import init
 from .errors import NoVariablesError, UnsupportedDistributionError
-from .norm_constants import use_norm_constants
 from .post_init_metaclass import PostInitCallMeta
+from .use_norm_constants import use_norm_constants
 from .validation import value_checks_enabled
 from .vi_return import VIReturn
 
@@ -11,6 +12,7 @@ __all__ = [
     "PostInitCallMeta",
     "UnsupportedDistributionError",
     "VIReturn",
+    "init",
     "use_norm_constants",
     "value_checks_enabled",
 ]
