@@ -234,19 +234,37 @@ def _parse(parameter: str) -> tuple[str, str, str]:
 
 
 def _compatible(mine: list[str], theirs: list[str]) -> bool:
-    if len(mine) < len(theirs):
+    """Whether every call that ``theirs`` accepts means the same with ``mine``."""
+    mine_parsed, theirs_parsed = [_parse(p) for p in mine], [_parse(p) for p in theirs]
+    positional = ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD", "VAR_POSITIONAL")
+    mine_positional = [p for p in mine_parsed if p[1] in positional]
+    theirs_positional = [p for p in theirs_parsed if p[1] in positional]
+    if len(mine_positional) < len(theirs_positional):
         return False
-    for own, their in zip(mine, theirs, strict=False):
-        name, kind, default = _parse(own)
-        their_name, their_kind, their_default = _parse(their)
-        if kind != their_kind or (name != their_name and not kind.startswith("VAR")):
+    for own, their in zip(mine_positional, theirs_positional, strict=False):
+        if not _same_parameter(own, their):
             return False
-        if their_default != default and their_default != "-":
+    for own in mine_positional[len(theirs_positional) :]:
+        if own[2] == "-" and own[1] != "VAR_POSITIONAL":
+            return False  # a new required positional parameter
+    mine_keywords = {p[0]: p for p in mine_parsed if p[1] == "KEYWORD_ONLY"}
+    theirs_keywords = {p[0]: p for p in theirs_parsed if p[1] == "KEYWORD_ONLY"}
+    for name, their in theirs_keywords.items():
+        if name not in mine_keywords or not _same_parameter(mine_keywords[name], their):
             return False
-    return all(
-        _parse(extra)[2] != "-" or _parse(extra)[1].startswith("VAR")
-        for extra in mine[len(theirs) :]
-    )
+    if any(p[2] == "-" for n, p in mine_keywords.items() if n not in theirs_keywords):
+        return False  # a new required keyword
+    takes_any = any(p[1] == "VAR_KEYWORD" for p in mine_parsed)
+    return takes_any or all(p[1] != "VAR_KEYWORD" for p in theirs_parsed)
+
+
+def _same_parameter(own: tuple[str, str, str], their: tuple[str, str, str]) -> bool:
+    """Same name and kind (any name for ``*args``), and the same default if any."""
+    name, kind, default = own
+    their_name, their_kind, their_default = their
+    if kind != their_kind or (name != their_name and kind != "VAR_POSITIONAL"):
+        return False
+    return their_default in ("-", default)
 
 
 if __name__ == "__main__":
