@@ -270,3 +270,26 @@ def test_missing_defaults_of_an_old_style_variational_distribution() -> None:
 
     with pytest.raises(ValueError, match="one default per distribution parameter"):
         vi.VILinear(4, 3, variational_distribution=NoDefaults09())
+
+
+def test_an_incomplete_subclass_fails_as_in_its_torch_blue_release() -> None:
+    """1.1-style (role classes): TypeError when built, as torch_blue 1.1; 0.9-style
+    (role flags): NotImplementedError when the missing method is called, as 0.9."""
+    tb = pytest.importorskip("torch_blue.vi.distributions")
+
+    for base in (Prior, tb.Prior):
+
+        class NoLogProb(base):  # type: ignore[valid-type, misc]
+            distribution_parameters = ("mean",)
+
+        with pytest.raises(TypeError, match="abstract method log_prob"):
+            NoLogProb()
+
+    class OldStyle(Distribution):
+        is_prior = True
+
+        def __init__(self) -> None:
+            self.distribution_parameters = ()
+
+    with pytest.raises(NotImplementedError, match="OldStyle does not implement"):
+        OldStyle().prior_log_prob(torch.zeros(3))

@@ -165,6 +165,11 @@ class _RoleMeta(PostInitCallMeta):
             # torch_blue 0.9 sets the defaults on the instance, in __init__.
             cls._default_variational_parameters = None  # type: ignore[attr-defined]
             update_abstractmethods(cls)  # type: ignore[arg-type]
+        if old_style and "log_prob" in abstract:
+            # torch_blue 0.9's priors score with prior_log_prob; one without it
+            # raises NotImplementedError when called, as there.
+            cls.log_prob = Distribution.log_prob  # type: ignore[attr-defined]
+            update_abstractmethods(cls)  # type: ignore[arg-type]
         return cls
 
 
@@ -297,6 +302,14 @@ class Prior(Distribution):
     _rescaled: bool = False
     _required_parameters: tuple[str, ...] = ()
     _scaling_parameters: tuple[str, ...]
+
+    @abstractmethod
+    def log_prob(self, sample: Tensor, parameters: tuple[Tensor, ...]) -> Tensor:
+        """Elementwise log-probability (see :meth:`Distribution.log_prob`).
+
+        A prior must implement it: a subclass that does not cannot be instantiated
+        (``TypeError``, as in torch_blue 1.1).
+        """
 
     @classmethod
     def __subclasshook__(cls, subclass: type) -> Any:
