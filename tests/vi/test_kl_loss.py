@@ -142,6 +142,9 @@ def test_distribution_that_cannot_predict() -> None:
         distribution_parameters = ("mean",)
         mean = 0.0
 
+        def log_prob(self, sample: torch.Tensor, parameters: tuple) -> torch.Tensor:
+            return -0.5 * (sample - parameters[0]) ** 2
+
     with pytest.raises(UnsupportedDistributionError, match="PriorOnly"):
         vi.KullbackLeiblerLoss(PriorOnly())
 
