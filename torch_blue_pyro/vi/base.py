@@ -238,7 +238,7 @@ class VIModule(PyroModule):
         if convert_overwrite:
             _add_pyro_module_state(self)
             for child in self.children():  # converted bottom-up: they exist
-                _take_sampling_responsibility(child)
+                _mark_nested(child)
         else:
             super().__init__()
         self._return_log_probs = return_log_probs
@@ -487,12 +487,12 @@ class VIModule(PyroModule):
         """
         super().add_module(name, module)
         if module is not None:
-            _take_sampling_responsibility(module)
+            _mark_nested(module)
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if isinstance(value, nn.Module):
-            _take_sampling_responsibility(value)
+            _mark_nested(value)
 
     @property
     def return_log_probs(self) -> bool:
@@ -827,7 +827,7 @@ class VIModule(PyroModule):
             return run_per_sample(call, self, forward_one_sample, args, draws, loop)
 
 
-def _take_sampling_responsibility(module: nn.Module) -> None:
+def _mark_nested(module: nn.Module) -> None:
     """The VIModules in ``module`` (itself included) are nested: no autosampling."""
     for submodule in module.modules():
         if isinstance(submodule, VIModule):
