@@ -66,11 +66,11 @@ wall time of training and predicting one method on one seed.
 The recipe changes only public settings (initial variational std, prior, heat,
 samples, epochs, learning rate); it was chosen on a validation split carved from the
 training part (``--validation``: 20 % of the training digits, stratified; the test
-digits unused), 10 seeds, see the comment at ``RECIPE``.
+digits unused), see the comment at ``RECIPE``.
 
 Run
 ---
-    python benchmarks/uncertainty_classification.py              # 5 seeds, ~3-4 min
+    python benchmarks/uncertainty_classification.py              # 5 seeds, ~1-2 min
     python benchmarks/uncertainty_classification.py --quick      # 1 seed, 10 epochs
     python benchmarks/uncertainty_classification.py --validation --seeds 10
 """
