@@ -49,10 +49,10 @@ from typing import Any, ClassVar
 
 import torch
 from pyro.distributions import Delta
-from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor
 from torch.distributions import Independent, Normal
 
+from .._pyro_compat import PYRO_STACK
 from ..sites import NormalWeightPosterior
 from .runtime import TransparentMessenger
 
@@ -110,7 +110,7 @@ class EstimatorMessenger(TransparentMessenger):
 
     def _processes_last(self) -> bool:
         """Whether no handler outside this one could still give a site its value."""
-        outer = _PYRO_STACK[: _PYRO_STACK.index(self)]
+        outer = PYRO_STACK[: PYRO_STACK.index(self)]
         return all(isinstance(frame, TransparentMessenger) for frame in outer)
 
     def _pyro_post_sample(self, msg: dict[str, Any]) -> None:

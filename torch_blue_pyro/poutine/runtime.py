@@ -16,17 +16,18 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 from pyro.distributions import constraints
-from pyro.infer.predictive import _predictive_vectorize_plate_name
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.plate_messenger import PlateMessenger
 from pyro.poutine.replay_messenger import ReplayMessenger
-from pyro.poutine.runtime import _PYRO_PARAM_STORE, _PYRO_STACK, effectful
+from pyro.poutine.runtime import effectful
 from torch import Tensor
+
+from .._pyro_compat import PREDICTIVE_PARTICLE_PLATE, PYRO_STACK, name_parameter
 
 #: Names of the plates that stack particles rather than data: those of
 #: ``Trace_ELBO(vectorize_particles=True)`` and of ``Predictive(..., parallel=True)``.
 PARTICLE_PLATES: frozenset[str] = frozenset(
-    {"num_particles_vectorized", _predictive_vectorize_plate_name}
+    {"num_particles_vectorized", PREDICTIVE_PARTICLE_PLATE}
 )
 
 
@@ -40,7 +41,7 @@ class TransparentMessenger(Messenger):
 
 def in_pyro_inference() -> bool:
     """Whether a Pyro handler other than this library's transparent ones is active."""
-    return any(not isinstance(frame, TransparentMessenger) for frame in _PYRO_STACK)
+    return any(not isinstance(frame, TransparentMessenger) for frame in PYRO_STACK)
 
 
 def _identity_param(name: str, value: Tensor, **kwargs: object) -> Tensor:
@@ -75,7 +76,7 @@ def local_param(name: str, value: Tensor) -> Tensor:
     # pyro.optim names its per-parameter state (get_state/set_state) by the store's
     # tensor-to-name map: the name is registered there, the tensor never stored.
     value.unconstrained = weakref.ref(value)  # type: ignore[attr-defined]
-    _PYRO_PARAM_STORE._param_to_name[value] = name
+    name_parameter(value, name)
     return _param_effect(
         name, value, constraint=constraints.real, event_dim=None, name=name
     )
@@ -98,21 +99,21 @@ def weight_scope() -> Iterator[int | None]:
     """
     hidden = [
         (index, frame)
-        for index, frame in enumerate(_PYRO_STACK)
+        for index, frame in enumerate(PYRO_STACK)
         if isinstance(frame, PlateMessenger) and frame.name not in PARTICLE_PLATES
     ]
     particles = [
         frame.size
-        for frame in _PYRO_STACK
+        for frame in PYRO_STACK
         if isinstance(frame, PlateMessenger) and frame.name in PARTICLE_PLATES
     ]
     for index, _ in reversed(hidden):
-        del _PYRO_STACK[index]
+        del PYRO_STACK[index]
     try:
         yield math.prod(particles) if particles else None
     finally:
         for index, frame in hidden:
-            _PYRO_STACK.insert(index, frame)
+            PYRO_STACK.insert(index, frame)
 
 
 class _Plate(NamedTuple):
@@ -125,7 +126,7 @@ def _active_plates() -> tuple[list[_Plate], list[_Plate]]:
     """The particle plates and the other plates on the stack, outermost first."""
     particle: list[_Plate] = []
     other: list[_Plate] = []
-    for frame in _PYRO_STACK:
+    for frame in PYRO_STACK:
         if isinstance(frame, PlateMessenger) and frame.dim is not None:
             plate = _Plate(frame.name, frame.dim, frame.subsample_size)
             (particle if frame.name in PARTICLE_PLATES else other).append(plate)
@@ -234,7 +235,7 @@ def check_replayed(site_names: Iterable[str]) -> None:
     """
     traces = [
         frame.trace
-        for frame in _PYRO_STACK
+        for frame in PYRO_STACK
         if isinstance(frame, ReplayMessenger) and frame.trace is not None
     ]
     if not traces:

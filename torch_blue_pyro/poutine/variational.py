@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
-from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor
 
+from .._pyro_compat import PYRO_STACK
 from ..amp import accumulation_dtype
 from .runtime import TransparentMessenger
 
@@ -134,7 +134,7 @@ class VariationalMessenger(TransparentMessenger):
 
 def active_sampler() -> VariationalMessenger | None:
     """The innermost :class:`VariationalMessenger` on Pyro's stack, if any."""
-    for frame in reversed(_PYRO_STACK):
+    for frame in reversed(PYRO_STACK):
         if isinstance(frame, VariationalMessenger):
             return frame
     return None

@@ -17,18 +17,23 @@ import copy
 import numbers
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.nn import PyroModule, PyroSample
-from pyro.nn.module import _Context, _make_name
 from torch import Tensor, nn
 from torch.nn import Parameter, init
 from torch.nn.modules.conv import _ConvNd
 
+from .._pyro_compat import (
+    add_pyro_module_state,
+    module_context,
+    module_site_prefix,
+    share_site_prefix,
+    site_name,
+)
 from ..amp import accumulation_dtype, autocast_dtype
 from ..guides import sample_from_variational
 from ..poutine.estimators import active_estimator, carry_gaussian
@@ -236,7 +241,7 @@ class VIModule(PyroModule):
         convert_overwrite: bool = False,
     ) -> None:
         if convert_overwrite:
-            _add_pyro_module_state(self)
+            add_pyro_module_state(self)
             for child in self.children():  # converted bottom-up: they exist
                 _mark_nested(child)
         else:
@@ -512,7 +517,7 @@ class VIModule(PyroModule):
         if shapes is not None and name in shapes:
             if shapes[name] is None:
                 return None
-            if not state["_pyro_context"].active:
+            if not module_context(self).active:
                 return RandomVariable(self, name).sample()
             return super().__getattr__(name)  # the PyroSample site
         # Own parameters and submodules are returned as they are: Pyro's global param
@@ -534,13 +539,11 @@ class VIModule(PyroModule):
         dict[str, RandomVariable]
             Every random variable below (and of) this module, by site name.
         """
-        state = self.__dict__
-        prefix, context = state["_pyro_name"], state["_pyro_context"]
+        prefix, context = module_site_prefix(self), module_context(self)
         sites: dict[str, RandomVariable] = {}
         for path, module in self.named_modules():
             if module is not self and isinstance(module, PyroModule):
-                module.__dict__["_pyro_name"] = _make_name(prefix, path)
-                module.__dict__["_pyro_context"] = context
+                share_site_prefix(module, site_name(prefix, path), context)
             if isinstance(module, VIModule):
                 for variable in module._present_variables():
                     site = RandomVariable(module, variable)
@@ -574,10 +577,10 @@ class VIModule(PyroModule):
             for site in sites.values()
             for _, parameter in site.named_variational_parameters()
         }
-        prefix = self.__dict__["_pyro_name"]
+        prefix = module_site_prefix(self)
         for name, parameter in self.named_parameters():
             if id(parameter) not in variational:
-                local_param(_make_name(prefix, name), parameter)
+                local_param(site_name(prefix, name), parameter)
 
     # -------------------------------------------------------------- calling
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -619,7 +622,7 @@ class VIModule(PyroModule):
                 )
         sites = self._bind_submodules()
         sampler = VariationalMessenger(1, sites, self._return_log_probs)
-        context = self.__dict__["_pyro_context"]
+        context = module_context(self)
         with sampler, context:
             draws = _draw(sites)
             context.cache.update({name: draw[0] for name, draw in draws.items()})
@@ -720,7 +723,7 @@ class VIModule(PyroModule):
             ]
         )
         self._announce_deterministic_parameters(sites)
-        context = self.__dict__["_pyro_context"]
+        context = module_context(self)
         with context:
             with weight_scope() as num_particles:
                 draws = _draw(sites)
@@ -810,19 +813,22 @@ class VIModule(PyroModule):
         """
         call = current_sampled_call()
         assert call is not None and call.num_samples == num_samples
-        context = self.__dict__["_pyro_context"]
+        context = module_context(self)
         with context:
             draws = _draw(self._bind_submodules())
 
             def forward_one_sample(weights: dict[str, Tensor], *inputs: Any) -> Any:
-                saved = {name: context.cache.get(name) for name in weights}
-                context.cache.update(weights)
+                cache = context.cache
+                saved = {name: cache[name] for name in weights if name in cache}
+                cache.update(weights)
                 _set_call_state(None, call)
                 try:
                     return PyroModule.__call__(self, *inputs, **kwargs)
                 finally:
                     _set_call_state(num_samples, call)
-                    context.cache.update(saved)
+                    for name in weights:
+                        cache.pop(name, None)
+                    cache.update(saved)
 
             return run_per_sample(call, self, forward_one_sample, args, draws, loop)
 
@@ -837,15 +843,6 @@ def _mark_nested(module: nn.Module) -> None:
 def _draw(sites: Mapping[str, RandomVariable]) -> dict[str, Tensor]:
     """Each site's value in the running call: its ``pyro.sample``, cached by Pyro."""
     return {name: getattr(site.module, site.variable) for name, site in sites.items()}
-
-
-def _add_pyro_module_state(module: nn.Module) -> None:
-    """Give an initialized ``nn.Module`` the state ``PyroModule.__init__`` would set."""
-    state = module.__dict__
-    state["_pyro_name"] = ""
-    state["_pyro_context"] = _Context()
-    state["_pyro_params"] = OrderedDict()
-    state["_pyro_samples"] = OrderedDict()
 
 
 def _validated_shapes(

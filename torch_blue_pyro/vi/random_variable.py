@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from pyro.distributions import TorchDistribution
-from pyro.nn.module import _make_name
 from torch import Tensor
 
+from .._pyro_compat import module_site_prefix, site_name
 from ..sites import normal_kl
 from .distributions.hierarchical import HierarchicalPrior
 from .distributions.normal import MeanFieldNormal, draw_under_normal_prior
@@ -42,7 +42,7 @@ class RandomVariable:
     def __init__(self, module: VIModule, variable: str) -> None:
         self.module = module
         self.variable = variable
-        self.name = _make_name(module.__dict__["_pyro_name"], variable)
+        self.name = site_name(module_site_prefix(module), variable)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -71,7 +71,7 @@ class RandomVariable:
         Those of a hierarchical prior's hyper-variables (their variational factors)
         come last.
         """
-        prefix = self.module.__dict__["_pyro_name"]
+        prefix = module_site_prefix(self.module)
         attributes = [
             self.module.variational_parameter_name(self.variable, parameter)
             for parameter in self.variational_distribution.distribution_parameters
@@ -79,7 +79,7 @@ class RandomVariable:
         if isinstance(self.prior, HierarchicalPrior):
             attributes += self.prior.factor_attributes(self.module, self.variable)
         for attribute in attributes:
-            yield _make_name(prefix, attribute), getattr(self.module, attribute)
+            yield site_name(prefix, attribute), getattr(self.module, attribute)
 
     def _hyperparameters(self) -> tuple[Tensor, ...]:
         """The layer's parameters a hierarchical prior needs besides the sample.
