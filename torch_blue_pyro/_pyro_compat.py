@@ -144,7 +144,7 @@ def name_parameter(value: Tensor, name: str) -> None:
     _PYRO_PARAM_STORE._param_to_name[value] = name
 
 
-def module_site_prefix(module: nn.Module) -> str:
+def module_site_prefix(module: object) -> str:
     """The prefix of a PyroModule's site names (``""`` for an outermost module)."""
     return str(module.__dict__["_pyro_name"])
 

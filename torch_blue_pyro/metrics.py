@@ -27,8 +27,8 @@ from typing import Literal, NamedTuple, TypeAlias
 import torch
 from torch import Tensor
 
+from ._checks import positive_int
 from .sites import HALF_LOG_TWO_PI
-from .vi.utils.checks import positive_int
 
 __all__ = [
     "OODDetection",

@@ -9,7 +9,7 @@ Pyro-side handlers need (:class:`~torch_blue_pyro.poutine.VariationalSite`,
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from pyro.distributions import TorchDistribution
@@ -17,13 +17,24 @@ from torch import Tensor
 
 from .._pyro_compat import module_site_prefix, site_name
 from ..sites import normal_kl
+from .distributions.base import VariableOwner
 from .distributions.hierarchical import HierarchicalPrior
 from .distributions.normal import MeanFieldNormal, draw_under_normal_prior
 from .utils.errors import UnsupportedDistributionError
 
 if TYPE_CHECKING:
-    from .base import VIModule
     from .distributions import Prior, VariationalDistribution
+
+
+class VariableModule(VariableOwner, Protocol):
+    """The module a :class:`RandomVariable` belongs to, as this module uses it.
+
+    :class:`~torch_blue_pyro.vi.VIModule` is the one implementation; naming only
+    this much keeps ``random_variable`` below ``vi.base`` in the import graph.
+    """
+
+    prior: dict[str, Prior | None]
+    variational_distribution: dict[str, VariationalDistribution | None]
 
 
 class RandomVariable:
@@ -31,15 +42,15 @@ class RandomVariable:
 
     Parameters
     ----------
-    module: VIModule
-        The module that owns the variable.
+    module: VariableModule
+        The module that owns the variable (a VIModule).
     variable: str
         The variable's name in the module.
     """
 
     __slots__ = ("module", "name", "variable")
 
-    def __init__(self, module: VIModule, variable: str) -> None:
+    def __init__(self, module: VariableModule, variable: str) -> None:
         self.module = module
         self.variable = variable
         self.name = site_name(module_site_prefix(module), variable)

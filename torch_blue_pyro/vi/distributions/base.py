@@ -35,7 +35,7 @@ import functools
 import math
 from abc import abstractmethod, update_abstractmethods
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from warnings import warn
 
 import torch
@@ -46,8 +46,25 @@ from torch.nn import init
 from ...amp import accumulation_dtype
 from ..utils.post_init_metaclass import PostInitCallMeta
 
-if TYPE_CHECKING:
-    from ..base import VIModule
+
+class VariableOwner(Protocol):
+    """What a distribution may ask of the module whose random variable it serves.
+
+    :class:`~torch_blue_pyro.vi.VIModule` is the one implementation; naming only
+    this much keeps the distributions below ``vi.base`` in the import graph. A
+    distribution reads and registers the module's parameters by the names
+    :meth:`variational_parameter_name` gives (``getattr`` / ``setattr``).
+    """
+
+    def variational_parameter_name(
+        self, variable: str, variational_parameter: str
+    ) -> str:
+        """The attribute name of one variational parameter of ``variable``."""
+        ...
+
+    def get_variational_parameters(self, variable: str) -> list[Tensor]:
+        """The variational parameters of ``variable``, in its distribution's order."""
+        ...
 
 
 def _as_parameter_tuple(parameters: tuple[Any, ...]) -> tuple[Tensor, ...]:
@@ -400,7 +417,7 @@ class Prior(Distribution):
         """The parameters :meth:`kaiming_rescale` rescales."""
         return getattr(self, "_scaling_parameters", self.distribution_parameters)
 
-    def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
+    def reset_parameters_to_prior(self, module: VariableOwner, variable: str) -> None:
         """Set a variable's variational parameters to the prior's values.
 
         Used by the ``prior_initialization`` option. The default only warns;
@@ -408,7 +425,7 @@ class Prior(Distribution):
 
         Parameters
         ----------
-        module: VIModule
+        module: VariableOwner
             The module owning the variable.
         variable: str
             The random variable's name.
@@ -419,7 +436,7 @@ class Prior(Distribution):
             stacklevel=2,
         )
 
-    def bind(self, module: VIModule, variable: str) -> None:
+    def bind(self, module: VariableOwner, variable: str) -> None:
         """Fit the prior to one random variable of a layer that is being built.
 
         The layer calls this once per random variable, after creating its variational
@@ -430,13 +447,13 @@ class Prior(Distribution):
 
         Parameters
         ----------
-        module: VIModule
+        module: VariableOwner
             The module owning the variable.
         variable: str
             The random variable's name.
         """
 
-    def reset_learned_parameters(self, module: VIModule, variable: str) -> None:
+    def reset_learned_parameters(self, module: VariableOwner, variable: str) -> None:
         """(Re-)initialize the parameters that :meth:`bind` registered on ``module``.
 
         Called by :meth:`~torch_blue_pyro.vi.VIModule.reset_variational_parameters`.
@@ -444,7 +461,7 @@ class Prior(Distribution):
 
         Parameters
         ----------
-        module: VIModule
+        module: VariableOwner
             The module owning the variable.
         variable: str
             The random variable's name.
@@ -630,7 +647,7 @@ class VariationalDistribution(Distribution):
 
     def reset_variational_parameters(
         self,
-        module: VIModule,
+        module: VariableOwner,
         variable: str,
         fan_in: int,
         kaiming_scaling: bool = True,
@@ -647,7 +664,7 @@ class VariationalDistribution(Distribution):
 
         Parameters
         ----------
-        module: VIModule
+        module: VariableOwner
             The module owning the parameters.
         variable: str
             The random variable's name.

@@ -6,7 +6,7 @@ import math
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import pyro
 import pyro.distributions as pyro_dist
@@ -18,11 +18,8 @@ from torch.nn import Parameter
 
 from ...poutine.runtime import in_pyro_inference
 from ...sites import HALF_LOG_TWO_PI, sum_of_squares
-from .base import Prior, _sum_per_sample, _TorchBlueForm
+from .base import Prior, VariableOwner, _sum_per_sample, _TorchBlueForm
 from .pyro_prior import fit_to_variable
-
-if TYPE_CHECKING:
-    from ..base import VIModule
 
 _PER = ("variable", "unit", "element")
 _LOG_TWO_OVER_PI = math.log(2 / math.pi)
@@ -189,12 +186,12 @@ class HierarchicalPrior(Prior):
         return f"{type(self).__name__}()"
 
     # ------------------------------------------------------------ the layer's side
-    def factor_attributes(self, module: VIModule, variable: str) -> list[str]:
+    def factor_attributes(self, module: VariableOwner, variable: str) -> list[str]:
         """Names of the variational factors' parameters on ``module``, in order.
 
         Parameters
         ----------
-        module: VIModule
+        module: VariableOwner
             The module owning the variable.
         variable: str
             The random variable's name.
@@ -211,12 +208,14 @@ class HierarchicalPrior(Prior):
             for parameter in ("loc", "log_scale")
         ]
 
-    def factor_parameters(self, module: VIModule, variable: str) -> tuple[Tensor, ...]:
+    def factor_parameters(
+        self, module: VariableOwner, variable: str
+    ) -> tuple[Tensor, ...]:
         """The variational factors' parameters, in :meth:`factor_attributes` order.
 
         Parameters
         ----------
-        module: VIModule
+        module: VariableOwner
             The module owning the variable.
         variable: str
             The random variable's name.
@@ -230,7 +229,7 @@ class HierarchicalPrior(Prior):
             getattr(module, name) for name in self.factor_attributes(module, variable)
         )
 
-    def bind(self, module: VIModule, variable: str) -> None:
+    def bind(self, module: VariableOwner, variable: str) -> None:
         """Register the variational factors' parameters and check the shapes.
 
         The shapes are checked by building the hyperpriors and the conditional at
@@ -238,7 +237,7 @@ class HierarchicalPrior(Prior):
 
         Parameters
         ----------
-        module: VIModule
+        module: VariableOwner
             The module owning the variable.
         variable: str
             The random variable's name.
@@ -285,12 +284,12 @@ class HierarchicalPrior(Prior):
         what = f"the conditional of {type(self).__name__} of {owner}"
         fit_to_variable(self.conditional(hyper), shape, what)
 
-    def reset_learned_parameters(self, module: VIModule, variable: str) -> None:
+    def reset_learned_parameters(self, module: VariableOwner, variable: str) -> None:
         r"""Start each factor at its hyper-variable's ``init`` with :attr:`init_scale`.
 
         Parameters
         ----------
-        module: VIModule
+        module: VariableOwner
             The module owning the variable.
         variable: str
             The random variable's name.

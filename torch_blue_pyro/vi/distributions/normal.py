@@ -3,7 +3,7 @@ r"""The mean-field normal distribution in all three roles."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from pyro.distributions import TorchDistribution
@@ -20,14 +20,12 @@ from ..utils.use_norm_constants import norm_constants_enabled
 from .base import (
     PredictiveDistribution,
     Prior,
+    VariableOwner,
     VariationalDistribution,
     _as_parameter_tuple,
     _sum_per_sample,
     _total,
 )
-
-if TYPE_CHECKING:
-    from ..base import VIModule
 
 
 class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
@@ -196,7 +194,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
             log_norm += HALF_LOG_TWO_PI
         return _sum_per_sample(centered.square()) * (-0.5 / variance) - numel * log_norm
 
-    def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
+    def reset_parameters_to_prior(self, module: VariableOwner, variable: str) -> None:
         """Set the variable's ``mean`` and ``log_std`` to the prior's.
 
         A variational distribution without one of them (``NonBayesian`` has only a
@@ -204,7 +202,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
 
         Parameters
         ----------
-        module: VIModule
+        module: VariableOwner
             The module owning the variable.
         variable: str
             The random variable's name.

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pyro.distributions as pyro_dist
 import torch
 from pyro.distributions import TorchDistribution
 from torch import Tensor
 
-from .base import Prior, _sum_per_sample
-
-if TYPE_CHECKING:
-    from ..base import VIModule
+from .base import Prior, VariableOwner, _sum_per_sample
 
 
 def fit_to_variable(
@@ -120,12 +115,12 @@ class PyroPrior(Prior):
     def __repr__(self) -> str:
         return f"PyroPrior({self.distribution!r})"
 
-    def bind(self, module: VIModule, variable: str) -> None:
+    def bind(self, module: VariableOwner, variable: str) -> None:
         """Check that the distribution fits the variable's shape.
 
         Parameters
         ----------
-        module: VIModule
+        module: VariableOwner
             The module owning the variable.
         variable: str
             The random variable's name.

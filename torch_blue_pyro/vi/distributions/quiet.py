@@ -3,7 +3,7 @@ r"""BasicQuietPrior: a hierarchical normal prior whose spread follows its mean."
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyro
 import pyro.distributions as pyro_dist
@@ -13,10 +13,7 @@ from torch import Tensor
 
 from ...poutine.runtime import in_pyro_inference
 from ..utils.use_norm_constants import norm_constants_enabled
-from .base import Prior, _as_parameter_tuple, _sum_per_sample
-
-if TYPE_CHECKING:
-    from ..base import VIModule
+from .base import Prior, VariableOwner, _as_parameter_tuple, _sum_per_sample
 
 _LOG_TWO_PI = math.log(2 * math.pi)
 _DOUBLE = torch.float64
@@ -216,7 +213,7 @@ class BasicQuietPrior(Prior):
         spread = _sum_per_sample((samples - mean).square() / variance)
         return -0.5 * (spread + shared)
 
-    def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
+    def reset_parameters_to_prior(self, module: VariableOwner, variable: str) -> None:
         r"""Draw the means from :math:`\mathcal N(\mu_0, \sigma_0^2)`; std :math:`r|m|`.
 
         Sets the variable's ``mean`` and, if the variational distribution has one,
@@ -224,7 +221,7 @@ class BasicQuietPrior(Prior):
 
         Parameters
         ----------
-        module: VIModule
+        module: VariableOwner
             The module owning the variable.
         variable: str
             The random variable's name.

@@ -8,7 +8,18 @@ import torch
 from torch import nn
 
 from ..base import VIModule
+from ..conv import VIConv1d, VIConv2d, VIConv3d
 from ..distributions import MeanFieldNormal, Prior, VariationalDistribution
+from ..linear import VILinear
+from ..sequential import VIResidualConnection, VISequential
+from ..transformer import (
+    VIMultiheadAttention,
+    VITransformer,
+    VITransformerDecoder,
+    VITransformerDecoderLayer,
+    VITransformerEncoder,
+    VITransformerEncoderLayer,
+)
 
 __all__ = ["ban_convert", "convert_norms", "convert_to_vimodule"]
 
@@ -224,6 +235,27 @@ def _free_name(name: str) -> str:
     return candidate
 
 
+#: This library's layers, by name: ``nn.X`` maps to ``VIX`` where one exists.
+_LAYERS: dict[str, type[VIModule]] = {
+    layer.__name__: layer
+    for layer in (
+        VIModule,
+        VILinear,
+        VIConv1d,
+        VIConv2d,
+        VIConv3d,
+        VISequential,
+        VIResidualConnection,
+        VIMultiheadAttention,
+        VITransformer,
+        VITransformerDecoder,
+        VITransformerDecoderLayer,
+        VITransformerEncoder,
+        VITransformerEncoderLayer,
+    )
+}
+
+
 def _builtin_counterpart(cls: type[nn.Module]) -> type[VIModule] | None:
     """The layer of this library for a ``torch.nn`` class, if there is one.
 
@@ -231,8 +263,6 @@ def _builtin_counterpart(cls: type[nn.Module]) -> type[VIModule] | None:
     so does a torch-internal subclass that keeps its parent's ``forward`` (the
     attention's ``NonDynamicallyQuantizableLinear``). User classes never do.
     """
-    from torch_blue_pyro import vi  # imported here: vi imports this module
-
     if not cls.__module__.startswith("torch."):
         return None
     for base in cls.__mro__:
@@ -240,8 +270,5 @@ def _builtin_counterpart(cls: type[nn.Module]) -> type[VIModule] | None:
             continue
         if base is not cls and cls.forward is not base.forward:
             return None
-        builtin = getattr(vi, "VI" + base.__name__, None)
-        if isinstance(builtin, type) and issubclass(builtin, VIModule):
-            return builtin
-        return None
+        return _LAYERS.get("VI" + base.__name__)
     return None
