@@ -28,6 +28,7 @@ from .. import functional
 from .base import VIModule, current_num_samples
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
 from .linear import VILinear
+from .torch_blue_0_9 import ATTENTION_KEYS, upgrade_checkpoint
 from .utils.checks import check_input_matches, positive_int
 
 # The torch_blue (1.1) random variables of VIMultiheadAttention, in order. The output
@@ -104,15 +105,6 @@ def _split_sample_dim(
     if expanded:
         return mask[0], False
     return mask, True
-
-
-def _rename_keys(state_dict: dict[str, Any], renames: dict[str, str]) -> None:
-    """Rename state-dict keys in place, by prefix (old torch_blue checkpoints)."""
-    for key in list(state_dict):
-        for old, new in renames.items():
-            if key.startswith(old):
-                state_dict[new + key[len(old) :]] = state_dict.pop(key)
-                break
 
 
 class VIMultiheadAttention(VIModule):
@@ -511,14 +503,7 @@ class VIMultiheadAttention(VIModule):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        # torch_blue 0.9 held the output projection as variables of its own.
-        _rename_keys(
-            state_dict,
-            {
-                f"{prefix}_out_proj_weight_": f"{prefix}out_proj._weight_",
-                f"{prefix}_out_proj_bias_": f"{prefix}out_proj._bias_",
-            },
-        )
+        upgrade_checkpoint(state_dict, prefix, ATTENTION_KEYS)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

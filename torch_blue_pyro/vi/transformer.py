@@ -33,12 +33,12 @@ from torch.nn import functional as F
 
 from .attention import (
     VIMultiheadAttention,
-    _rename_keys,
     _split_sample_dim,
 )
 from .base import VIModule, current_num_samples
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
 from .linear import VILinear
+from .torch_blue_0_9 import FEEDFORWARD_KEYS, upgrade_checkpoint
 from .utils.checks import positive_int
 
 Activation = str | Callable[[Tensor], Tensor]
@@ -350,16 +350,8 @@ class VITransformerEncoderLayer(VIModule):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        _rename_keys(state_dict, _feedforward_renames(prefix))
+        upgrade_checkpoint(state_dict, prefix, FEEDFORWARD_KEYS)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-def _feedforward_renames(prefix: str) -> dict[str, str]:
-    """torch_blue 0.9's feed-forward ``VIResidualConnection`` to ``linear1/2``."""
-    return {
-        f"{prefix}_ff_block.0.": f"{prefix}linear1.",
-        f"{prefix}_ff_block.2.": f"{prefix}linear2.",
-    }
 
 
 class VITransformerDecoderLayer(VIModule):
@@ -616,7 +608,7 @@ class VITransformerDecoderLayer(VIModule):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        _rename_keys(state_dict, _feedforward_renames(prefix))
+        upgrade_checkpoint(state_dict, prefix, FEEDFORWARD_KEYS)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

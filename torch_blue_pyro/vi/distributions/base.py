@@ -31,9 +31,8 @@ Both generations of torch_blue's user API work:
 
 from __future__ import annotations
 
-import functools
 import math
-from abc import abstractmethod, update_abstractmethods
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 from warnings import warn
@@ -44,7 +43,13 @@ from torch import Tensor
 from torch.nn import init
 
 from ...amp import accumulation_dtype
-from ..utils.post_init_metaclass import PostInitCallMeta
+from ..torch_blue_0_9 import (
+    ROLES,
+    RoleFlag,
+    RoleMeta,
+    as_parameter_tuple,
+    role_hook,
+)
 
 
 class VariableOwner(Protocol):
@@ -65,13 +70,6 @@ class VariableOwner(Protocol):
     def get_variational_parameters(self, variable: str) -> list[Tensor]:
         """The variational parameters of ``variable``, in its distribution's order."""
         ...
-
-
-def _as_parameter_tuple(parameters: tuple[Any, ...]) -> tuple[Tensor, ...]:
-    """Accept torch_blue 1.1's ``f((a, b))`` and 0.9's ``f(a, b)`` call styles."""
-    if len(parameters) == 1 and isinstance(parameters[0], (tuple, list)):
-        return tuple(parameters[0])
-    return tuple(parameters)
 
 
 def _sum_per_sample(values: Tensor) -> Tensor:
@@ -102,117 +100,7 @@ def _sum_each_sample(score: Callable[[Tensor], Tensor], samples: Tensor) -> Tens
     return torch.stack([score(sample).sum(dtype=dtype) for sample in samples])
 
 
-_ROLE_FLAGS = ("is_prior", "is_variational_distribution", "is_predictive_distribution")
-# The role interfaces by flag; filled in once they are defined, below.
-_ROLES: dict[str, type] = {}
-_OLD_STYLE = "_torch_blue_0_9_style"
-
-
-def _declared_flag(cls: type, flag: str) -> bool | None:
-    """The value of a role flag that ``cls`` declares as a plain bool (0.9 style)."""
-    for klass in cls.__mro__:
-        if flag in vars(klass):
-            value = vars(klass)[flag]
-            return value if isinstance(value, bool) else None
-    return None
-
-
-def _accepting_tuples(method: Any, leading: int) -> Callable[..., Any]:
-    """Let a 0.9-style method with unpacked parameters also take them as a tuple.
-
-    ``leading`` positional arguments (the sample) come before the parameters.
-    """
-    static = isinstance(method, staticmethod)
-    function = method.__func__ if static else method
-
-    @functools.wraps(function)
-    def adapted(self: Any, *args: Any, **kwargs: Any) -> Any:
-        head, parameters = args[:leading], _as_parameter_tuple(args[leading:])
-        if static:
-            return function(*head, *parameters, **kwargs)
-        return function(self, *head, *parameters, **kwargs)
-
-    return adapted
-
-
-class _RoleMeta(PostInitCallMeta):
-    """Metaclass of the distributions: maps torch_blue 0.9's role flags to roles.
-
-    A class that declares ``is_prior = True`` (and so on) without subclassing the
-    role interfaces is a torch_blue 0.9 distribution: it gets the declared roles as
-    bases, its ``prior_log_prob``, ``sample`` and ``variational_log_prob`` accept
-    the parameters as a tuple as well as unpacked, and it may set
-    ``_default_variational_parameters`` in ``__init__``. Its subclasses inherit that.
-    """
-
-    def __new__(
-        mcs,
-        name: str,
-        bases: tuple[type, ...],
-        namespace: dict[str, Any],
-        **kwargs: Any,
-    ) -> _RoleMeta:
-        flags = {
-            flag: namespace[flag]
-            for flag in _ROLE_FLAGS
-            if isinstance(namespace.get(flag), bool)
-        }
-        roles = tuple(_ROLES.values())
-        old_style = any(getattr(base, _OLD_STYLE, False) for base in bases) or (
-            bool(flags and roles) and not any(issubclass(base, roles) for base in bases)
-        )
-        if old_style:
-            namespace[_OLD_STYLE] = True
-            for method, leading in (
-                ("prior_log_prob", 1),
-                ("variational_log_prob", 1),
-                ("sample", 0),
-            ):
-                if method in namespace:
-                    namespace[method] = _accepting_tuples(namespace[method], leading)
-            missing = tuple(
-                _ROLES[flag]
-                for flag, value in flags.items()
-                if value and not any(issubclass(base, _ROLES[flag]) for base in bases)
-            )
-            bases = (*missing, *bases)
-        cls = super().__new__(mcs, name, bases, namespace, **kwargs)
-        abstract: frozenset[str] = getattr(cls, "__abstractmethods__", frozenset())
-        if old_style and "_default_variational_parameters" in abstract:
-            # torch_blue 0.9 sets the defaults on the instance, in __init__.
-            cls._default_variational_parameters = None  # type: ignore[attr-defined]
-            update_abstractmethods(cls)  # type: ignore[arg-type]
-        if old_style and "log_prob" in abstract:
-            # torch_blue 0.9's priors score with prior_log_prob; one without it
-            # raises NotImplementedError when called, as there.
-            cls.log_prob = Distribution.log_prob  # type: ignore[attr-defined]
-            update_abstractmethods(cls)  # type: ignore[arg-type]
-        return cls
-
-
-def _role_hook(cls: type, role: str, subclass: type) -> Any:
-    """``__subclasshook__`` of a role: a flag set to ``False`` removes the role."""
-    if cls is _ROLES.get(role) and _declared_flag(subclass, role) is False:
-        return False
-    return NotImplemented
-
-
-class _RoleFlag:
-    """torch_blue 0.9's role flag, read from the roles a class plays.
-
-    A plain bool on the class and on its instances (a ``property`` would be a
-    property object, always true, on the class). A 0.9-style class that declares the
-    flag overrides it; an instance may still set it, as 0.9's did in ``__init__``.
-    """
-
-    def __init__(self, flag: str) -> None:
-        self.flag = flag
-
-    def __get__(self, instance: object, owner: type) -> bool:
-        return issubclass(owner, _ROLES[self.flag])
-
-
-class Distribution(metaclass=_RoleMeta):
+class Distribution(metaclass=RoleMeta):
     """Base class of all torch_blue distributions.
 
     Subclass one or more of :class:`Prior`, :class:`VariationalDistribution` and
@@ -253,11 +141,11 @@ class Distribution(metaclass=_RoleMeta):
 
     #: Whether the distribution can be a prior (torch_blue 0.9's role flag; a bool
     #: on the class and on instances).
-    is_prior = _RoleFlag("is_prior")
+    is_prior = RoleFlag("is_prior")
     #: Whether it can be a variational distribution (torch_blue 0.9's flag).
-    is_variational_distribution = _RoleFlag("is_variational_distribution")
+    is_variational_distribution = RoleFlag("is_variational_distribution")
     #: Whether it can be a predictive distribution (torch_blue 0.9's flag).
-    is_predictive_distribution = _RoleFlag("is_predictive_distribution")
+    is_predictive_distribution = RoleFlag("is_predictive_distribution")
 
     def log_prob(self, sample: Tensor, parameters: tuple[Tensor, ...]) -> Tensor:
         """Elementwise log-probability of ``sample`` given the distribution parameters.
@@ -330,7 +218,7 @@ class Prior(Distribution):
 
     @classmethod
     def __subclasshook__(cls, subclass: type) -> Any:
-        return _role_hook(cls, "is_prior", subclass)
+        return role_hook(cls, "is_prior", subclass)
 
     def get_parameters(self) -> tuple[Tensor, ...]:
         """The values of the prior's parameters, in ``distribution_parameters`` order.
@@ -359,7 +247,7 @@ class Prior(Distribution):
         Tensor
             Shaped like ``sample``.
         """
-        extra = _as_parameter_tuple(hyperparameters)
+        extra = as_parameter_tuple(hyperparameters)
         return self.log_prob(sample, (*self.get_parameters(), *extra))
 
     def log_prob_per_sample(
@@ -579,7 +467,7 @@ class VariationalDistribution(Distribution):
 
     @classmethod
     def __subclasshook__(cls, subclass: type) -> Any:
-        return _role_hook(cls, "is_variational_distribution", subclass)
+        return role_hook(cls, "is_variational_distribution", subclass)
 
     @property
     @abstractmethod
@@ -616,7 +504,7 @@ class VariationalDistribution(Distribution):
         Tensor
             Shaped like ``sample``.
         """
-        return self.log_prob(sample, _as_parameter_tuple(parameters))
+        return self.log_prob(sample, as_parameter_tuple(parameters))
 
     def rsample_with_log_prob(
         self, parameters: tuple[Tensor, ...], num_samples: int, with_log_prob: bool
@@ -794,7 +682,7 @@ class PredictiveDistribution(Distribution):
 
     @classmethod
     def __subclasshook__(cls, subclass: type) -> Any:
-        return _role_hook(cls, "is_predictive_distribution", subclass)
+        return role_hook(cls, "is_predictive_distribution", subclass)
 
     @abstractmethod
     def predictive_parameters_from_samples(self, sample: Tensor) -> Any:
@@ -848,7 +736,7 @@ class PredictiveDistribution(Distribution):
         return self.log_prob_from_parameters(reference, parameters)
 
 
-_ROLES.update(
+ROLES.update(
     is_prior=Prior,
     is_variational_distribution=VariationalDistribution,
     is_predictive_distribution=PredictiveDistribution,

@@ -11,8 +11,9 @@ from torch import Tensor
 
 from ...sites import HALF_LOG_TWO_PI
 from ...uncertainty import regression_uncertainty, split_mean_log_sigma
+from ..torch_blue_0_9 import as_parameter_tuple
 from ..utils.use_norm_constants import norm_constants_enabled
-from .base import PredictiveDistribution, _as_parameter_tuple
+from .base import PredictiveDistribution
 
 
 class HeteroscedasticNormal(PredictiveDistribution):
@@ -125,7 +126,7 @@ class HeteroscedasticNormal(PredictiveDistribution):
         Tensor
             The broadcast shape of ``sample`` and the parameters.
         """
-        mean, std = _as_parameter_tuple(parameters)
+        mean, std = as_parameter_tuple(parameters)
         variance = std.square() + self.eps
         log_prob = -0.5 * ((sample - mean).square() / variance + variance.log())
         if norm_constants_enabled():
@@ -153,7 +154,7 @@ class HeteroscedasticNormal(PredictiveDistribution):
             If the targets' shape differs from the mean's (no silent broadcasting:
             targets ``(N,)`` against means ``(N, 1)`` would give ``(N, N)``).
         """
-        mean, std = _as_parameter_tuple((parameters,))
+        mean, std = as_parameter_tuple((parameters,))
         if reference.shape != mean.shape:
             hint = ""
             if reference.shape == mean.shape[:-1] and mean.shape[-1] == 1:

@@ -8,11 +8,11 @@ import pyro.distributions as pyro_dist
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor, nn
 
+from ..torch_blue_0_9 import as_parameter_tuple
 from .base import (
     PredictiveDistribution,
     Prior,
     VariationalDistribution,
-    _as_parameter_tuple,
 )
 
 _LOSSES: dict[str, type[nn.Module]] = {
@@ -179,7 +179,7 @@ class NonBayesian(UniformPrior, VariationalDistribution, PredictiveDistribution)
         Tensor
             ``mean``.
         """
-        (mean,) = _as_parameter_tuple(parameters)
+        (mean,) = as_parameter_tuple(parameters)
         return mean
 
     def rsample_with_log_prob(
@@ -267,5 +267,5 @@ class NonBayesian(UniformPrior, VariationalDistribution, PredictiveDistribution)
                 'predictive distribution; build it as NonBayesian(loss_type="MSE") '
                 '(or "L2", "MAE", "L1")'
             )
-        (prediction,) = _as_parameter_tuple((parameters,))
+        (prediction,) = as_parameter_tuple((parameters,))
         return -self.loss(prediction, reference)

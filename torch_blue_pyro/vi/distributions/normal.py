@@ -16,13 +16,13 @@ from ...sites import (
     NormalWeightPrior,
     sum_of_squares,
 )
+from ..torch_blue_0_9 import as_parameter_tuple
 from ..utils.use_norm_constants import norm_constants_enabled
 from .base import (
     PredictiveDistribution,
     Prior,
     VariableOwner,
     VariationalDistribution,
-    _as_parameter_tuple,
     _sum_per_sample,
     _total,
 )
@@ -100,7 +100,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         Tensor
             Shaped like ``sample``.
         """
-        mean, log_std = _as_parameter_tuple(parameters)
+        mean, log_std = as_parameter_tuple(parameters)
         variance = torch.exp(2 * log_std) + self.eps
         log_prob = -0.5 * ((sample - mean) ** 2 / variance + variance.log())
         if norm_constants_enabled():
@@ -120,7 +120,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         Tensor
             A reparameterized sample.
         """
-        mean, log_std = _as_parameter_tuple(parameters)
+        mean, log_std = as_parameter_tuple(parameters)
         return torch.addcmul(mean, log_std.exp(), torch.randn_like(mean))
 
     def rsample_with_log_prob(
@@ -301,7 +301,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         Tensor
             Elementwise log-likelihood.
         """
-        mean, std = _as_parameter_tuple((parameters,))
+        mean, std = as_parameter_tuple((parameters,))
         if reference.shape != mean.shape:
             raise ValueError(
                 f"target of shape {tuple(reference.shape)} does not match predictions "

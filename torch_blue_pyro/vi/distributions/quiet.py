@@ -12,8 +12,9 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor
 
 from ...poutine.runtime import in_pyro_inference
+from ..torch_blue_0_9 import as_parameter_tuple
 from ..utils.use_norm_constants import norm_constants_enabled
-from .base import Prior, VariableOwner, _as_parameter_tuple, _sum_per_sample
+from .base import Prior, VariableOwner, _sum_per_sample
 
 _LOG_TWO_PI = math.log(2 * math.pi)
 _DOUBLE = torch.float64
@@ -163,7 +164,7 @@ class BasicQuietPrior(Prior):
         ValueError
             If the point estimate of the mean is missing.
         """
-        values = _as_parameter_tuple(parameters)
+        values = as_parameter_tuple(parameters)
         if len(values) != 3:
             raise ValueError(
                 "BasicQuietPrior.log_prob needs (mean_mean, mean_std, mean): the "
@@ -325,7 +326,7 @@ class BasicQuietPrior(Prior):
 
 
 def _required_mean(hyperparameters: Any) -> tuple[Tensor]:
-    values = _as_parameter_tuple(
+    values = as_parameter_tuple(
         (hyperparameters,) if isinstance(hyperparameters, Tensor) else hyperparameters
     )
     if len(values) != 1:

@@ -10,10 +10,10 @@ import torch
 from pyro.distributions import TorchDistribution
 from torch import Tensor
 
+from ..torch_blue_0_9 import as_parameter_tuple
 from ..utils.use_norm_constants import norm_constants_enabled
 from .base import (
     VariationalDistribution,
-    _as_parameter_tuple,
     _sum_per_sample,
     _total,
 )
@@ -152,7 +152,7 @@ class MeanFieldStudentT(VariationalDistribution):
         Tensor
             Shaped like ``sample``.
         """
-        mean, log_scale = _as_parameter_tuple(parameters)
+        mean, log_scale = as_parameter_tuple(parameters)
         standardized = (sample - mean) / log_scale.exp()
         log_prob = (
             -0.5 * (self._df + 1) * torch.log1p(standardized.square() / self._df)
@@ -179,7 +179,7 @@ class MeanFieldStudentT(VariationalDistribution):
         Tensor
             A reparameterized sample.
         """
-        mean, log_scale = _as_parameter_tuple(parameters)
+        mean, log_scale = as_parameter_tuple(parameters)
         shape = torch.broadcast_shapes(mean.shape, log_scale.shape)
         return torch.addcmul(mean, log_scale.exp(), self._standard_t(shape, mean))
 
