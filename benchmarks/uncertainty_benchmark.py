@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -73,10 +74,6 @@ REGRESSION_GOALS = {"boston": -2.45, "concrete": -3.10}  # test LL at least
 DIGITS_GOALS = {"nll": 0.07, "ece": 0.015}  # at most
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
 def goals(
     regression: Sequence[uncertainty_regression.Result],
     classification: Sequence[dict[str, object]],
@@ -90,7 +87,7 @@ def goals(
     for result in regression:
         threshold = REGRESSION_GOALS.get(result.dataset)
         if result.setting.name == "recipe" and threshold is not None:
-            value = _mean(result.log_likelihoods)
+            value = statistics.fmean(result.log_likelihoods)
             goal = f"{result.dataset} test LL ≥ {threshold}"
             add(goal, result.setting.mode, value, value >= threshold)
 
@@ -100,7 +97,7 @@ def goals(
             for row in classification
             if row["method"] == method and row["mode"] == mode
         ]
-        return _mean(values)
+        return statistics.fmean(values)
 
     for mode in ("torch_blue", "pyro"):
         for key, bound in DIGITS_GOALS.items():

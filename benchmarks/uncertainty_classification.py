@@ -92,6 +92,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 from torch.nn import functional as F
+from zoo_benchmark import BAYESIAN_TORCH_PRIOR
 
 from torch_blue_pyro import metrics, uncertainty, vi
 
@@ -299,18 +300,7 @@ def train_bayesian_torch(data: Data, seed: int, epochs: int) -> Predictor:
 
     torch.manual_seed(seed)
     net = mlp()
-    dnn_to_bnn(
-        net,
-        {  # const_bnn_prior_parameters of bayesian-torch's README
-            "prior_mu": 0.0,
-            "prior_sigma": 1.0,
-            "posterior_mu_init": 0.0,
-            "posterior_rho_init": -3.0,
-            "type": "Reparameterization",
-            "moped_enable": False,
-            "moped_delta": 0.5,
-        },
-    )
+    dnn_to_bnn(net, BAYESIAN_TORCH_PRIOR)
     optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
     for batch in data.batches(epochs, seed):
         output = net(data.x_train[batch])

@@ -57,7 +57,12 @@ def _targets(module: str, node: ast.Import | ast.ImportFrom) -> list[str]:
             base = ".".join([*anchor, *([node.module] if node.module else [])])
         else:
             base = node.module or ""
-        candidates = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        # ``from package import submodule`` depends on the submodule (the package's
+        # __init__ running first is no edge); any other name, on ``base`` itself.
+        candidates = [
+            f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
+            for alias in node.names
+        ]
     return [name for name in candidates if name in MODULES and name != module]
 
 

@@ -7,19 +7,10 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from .. import base as vi_base
+from .. import conv, linear, sequential, transformer
 from ..base import VIModule
-from ..conv import VIConv1d, VIConv2d, VIConv3d
 from ..distributions import MeanFieldNormal, Prior, VariationalDistribution
-from ..linear import VILinear
-from ..sequential import VIResidualConnection, VISequential
-from ..transformer import (
-    VIMultiheadAttention,
-    VITransformer,
-    VITransformerDecoder,
-    VITransformerDecoderLayer,
-    VITransformerEncoder,
-    VITransformerEncoderLayer,
-)
 
 __all__ = ["ban_convert", "convert_norms", "convert_to_vimodule"]
 
@@ -237,22 +228,10 @@ def _free_name(name: str) -> str:
 
 #: This library's layers, by name: ``nn.X`` maps to ``VIX`` where one exists.
 _LAYERS: dict[str, type[VIModule]] = {
-    layer.__name__: layer
-    for layer in (
-        VIModule,
-        VILinear,
-        VIConv1d,
-        VIConv2d,
-        VIConv3d,
-        VISequential,
-        VIResidualConnection,
-        VIMultiheadAttention,
-        VITransformer,
-        VITransformerDecoder,
-        VITransformerDecoderLayer,
-        VITransformerEncoder,
-        VITransformerEncoderLayer,
-    )
+    name: layer
+    for module in (vi_base, linear, conv, sequential, transformer)
+    for name, layer in vars(module).items()
+    if name.startswith("VI") and isinstance(layer, type) and issubclass(layer, VIModule)
 }
 
 
