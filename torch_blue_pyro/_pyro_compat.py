@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pyro
 
 #: Each private name, by module: ``(module, attribute, why the public API does not
-#: serve)``. ``_Context``'s ``active`` and ``cache`` and the param store's
+#: serve)``. ``_Context``'s ``active`` and the param store's
 #: ``_param_to_name`` are checked as attributes of the objects.
 PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     (
@@ -50,8 +50,9 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
         "pyro.nn.module",
         "_Context",
         "the per-call cache PyroModule shares between a module and its submodules "
-        "(its .active and .cache); a module turned into a PyroModule without "
-        "PyroModule.__init__ (convert_to_vimodule, unpickling) needs a fresh one",
+        "(its .active tells a forward pass from a read outside one); a module "
+        "turned into a PyroModule without PyroModule.__init__ (convert_to_vimodule, "
+        "unpickling) needs a fresh one",
     ),
     (
         "pyro.infer.predictive",
@@ -87,11 +88,8 @@ def missing_private_names() -> list[str]:
             found[attribute] = getattr(module, attribute)
     if "_Context" in found:
         context = found["_Context"]()
-        missing += [
-            f"pyro.nn.module._Context().{name}"
-            for name in ("active", "cache")
-            if not hasattr(context, name)
-        ]
+        if not hasattr(context, "active"):
+            missing.append("pyro.nn.module._Context().active")
     state = pyro.nn.PyroModule().__dict__
     missing += [f"PyroModule().{key}" for key in PYRO_MODULE_STATE if key not in state]
     store = found.get("_PYRO_PARAM_STORE")

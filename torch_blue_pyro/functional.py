@@ -17,6 +17,27 @@ from torch.nn import functional as F
 from .amp import autocast_backward, autocast_forward
 
 
+def shares_samples(input: Tensor) -> bool:
+    """Whether a stacked input holds one batch for all samples (a stride-0 expansion).
+
+    Autosampling gives a module's declared inputs the sample dimension by
+    :meth:`~torch.Tensor.expand`, which copies nothing: the ``S`` entries are one
+    tensor in memory. The functions below then compute on that one batch once
+    instead of ``S`` times; this is a layout test, exact by construction.
+
+    Parameters
+    ----------
+    input: Tensor
+        ``(S, *)``.
+
+    Returns
+    -------
+    bool
+        ``True`` if the leading dimension has stride 0.
+    """
+    return input.stride(0) == 0
+
+
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     r"""Affine map :math:`y = x W^\top + b`, per weight sample when ``weight`` is 3-D.
 
@@ -38,7 +59,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return F.linear(input, weight, bias)
     num_samples, out_features, in_features = weight.shape
     batch_shape = input.shape[1:-1]
-    if input.stride(0) == 0:
+    if shares_samples(input):
         # One batch shared by all samples: a single GEMM against every sample's weight.
         rows = input[0].reshape(-1, in_features)
         output = F.linear(rows, weight.reshape(-1, in_features))
@@ -327,7 +348,7 @@ def _convolution(
         input = input.unsqueeze(1)
     filters = weight.reshape(num_samples * out_channels, *weight.shape[2:])
     biases = None if bias is None else bias.reshape(num_samples * out_channels)
-    if groups == 1 and input.stride(0) == 0:
+    if groups == 1 and shares_samples(input):
         # One batch shared by all samples: convolve it once with all S * C_out filters.
         batch = input[0]
         folded_groups = 1
@@ -624,7 +645,7 @@ def linear_local_reparameterization(
     Tensor
         Shaped like the input with ``out`` features.
     """
-    shared = num_samples is not None and input.stride(0) == 0
+    shared = num_samples is not None and shares_samples(input)
     rows = input[0] if shared else input
     bias_variance = None if bias_std is None else bias_std.square()
     mean = F.linear(rows, weight_mean, bias_mean)
@@ -663,7 +684,7 @@ def linear_flipout(
     Tensor
         Shaped like the input with ``out`` features.
     """
-    shared = weight_delta.dim() == 3 and input.stride(0) == 0
+    shared = weight_delta.dim() == 3 and shares_samples(input)
     mean = F.linear(input[0] if shared else input, weight_mean)
     perturbation = linear(input * _random_signs(input), weight_delta)
     output = mean + perturbation * _random_signs(perturbation)
@@ -847,7 +868,7 @@ def _fold_samples(
     """
     if num_samples is None:
         return input, "plain"
-    if input.stride(0) == 0:
+    if shares_samples(input):
         return input[0], "shared"
     if input.dim() == dims + 3:
         return input.flatten(0, 1), "folded"

@@ -1,10 +1,14 @@
 """Effect handlers of torch_blue_pyro, in the style of :mod:`pyro.poutine`."""
 
+from .context import ForwardContext, current_context
 from .estimators import (
+    AffineOperation,
     EstimatorMessenger,
     FlipoutMessenger,
+    GaussianSite,
     LocalReparameterizationMessenger,
     active_estimator,
+    affine,
     flipout,
     local_reparameterization,
 )
@@ -20,14 +24,19 @@ from .runtime import (
 from .variational import VariationalMessenger, VariationalSite
 
 __all__ = [
+    "AffineOperation",
     "EstimatorMessenger",
     "FlipoutMessenger",
+    "ForwardContext",
+    "GaussianSite",
     "LocalReparameterizationMessenger",
     "PARTICLE_PLATES",
     "TransparentMessenger",
     "active_estimator",
+    "affine",
     "check_particles_align",
     "check_replayed",
+    "current_context",
     "flipout",
     "VariationalMessenger",
     "VariationalSite",

@@ -13,7 +13,7 @@ import math
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from pyro.distributions import constraints
 from pyro.poutine.messenger import Messenger
@@ -23,6 +23,7 @@ from pyro.poutine.runtime import effectful
 from torch import Tensor
 
 from .._pyro_compat import PREDICTIVE_PARTICLE_PLATE, PYRO_STACK, name_parameter
+from .context import current_context, swap_context
 
 #: Names of the plates that stack particles rather than data: those of
 #: ``Trace_ELBO(vectorize_particles=True)`` and of ``Predictive(..., parallel=True)``.
@@ -35,8 +36,31 @@ class TransparentMessenger(Messenger):
     """Base class of this library's handlers, which keep a model in its mode.
 
     A model called under a transparent messenger only keeps torch_blue's autosampling
-    if no other (Pyro) handler is active.
+    if no other (Pyro) handler is active. A handler that the layers consult names
+    its field of the :class:`~torch_blue_pyro.poutine.context.ForwardContext` in
+    ``context_field``: while it is active (in the thread that entered it), the
+    context holds it there.
     """
+
+    context_field: ClassVar[str | None] = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._replaced_contexts: list[Any] = []
+
+    def __enter__(self) -> TransparentMessenger:
+        super().__enter__()
+        if self.context_field is not None:
+            installed = current_context().replace(**{self.context_field: self})
+            self._replaced_contexts.append(swap_context(installed))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            if self.context_field is not None:
+                swap_context(self._replaced_contexts.pop())
 
 
 def in_pyro_inference() -> bool:

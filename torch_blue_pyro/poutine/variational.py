@@ -16,7 +16,6 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .._pyro_compat import PYRO_STACK
 from ..amp import accumulation_dtype
 from .runtime import TransparentMessenger
 
@@ -44,6 +43,8 @@ class VariationalMessenger(TransparentMessenger):
     with_log_probs: bool
         Whether to accumulate log-probabilities (off for prediction).
     """
+
+    context_field = "sampler"
 
     def __init__(
         self,
@@ -130,11 +131,3 @@ class VariationalMessenger(TransparentMessenger):
             )
             if name is not None
         }
-
-
-def active_sampler() -> VariationalMessenger | None:
-    """The innermost :class:`VariationalMessenger` on Pyro's stack, if any."""
-    for frame in reversed(PYRO_STACK):
-        if isinstance(frame, VariationalMessenger):
-            return frame
-    return None

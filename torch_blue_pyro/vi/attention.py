@@ -46,33 +46,19 @@ _ATTENTION_VARIABLES = (
 )
 
 
-def _is_same_tensor(a: Tensor, b: Tensor) -> bool:
-    """``a is b``, or both are identical views of one tensor.
-
-    Autosampling expands each positional input on its own, so ``mha(x, x, x)`` as the
-    outermost module sees three equal views of ``x``; self-attention is still
-    recognised (one projection for query, key and value).
-    """
-    if a is b:
-        return True
-    base = a._base
-    return (
-        base is not None
-        and base is b._base
-        and a.shape == b.shape
-        and a.stride() == b.stride()
-        and a.storage_offset() == b.storage_offset()
-        and a.dtype == b.dtype
-    )
-
-
 def _split_sample_dim(
     mask: Tensor | None,
     num_samples: int | None,
     ranks: tuple[int, ...],
     first_size: int | None = None,
 ) -> tuple[Tensor | None, bool]:
-    """Remove the sample dimension a mask may carry in torch_blue mode.
+    """Whether a mask carries one mask per sample (a leading sample dimension).
+
+    Masks are not inputs that autosampling expands (see
+    :attr:`~torch_blue_pyro.vi.VIModule.sampled_inputs`): a mask as ``torch.nn``
+    takes it is shared by all samples. One rank more than ``torch.nn`` allows,
+    leading with ``S``, is one mask per sample (a mask computed from sampled
+    activations, say).
 
     Parameters
     ----------
@@ -85,25 +71,20 @@ def _split_sample_dim(
     first_size: int, optional
         The first size of a mask of the highest valid rank (``N * num_heads``); a
         3-D ``attn_mask`` whose first size is both ``S`` and this one is read as
-        torch's, unless it is an expansion (stride 0), when both readings agree.
+        torch's.
 
     Returns
     -------
     tuple[Tensor or None, bool]
-        The mask and whether it still has a leading sample dimension (one mask per
-        sample). A stride-0 expansion, such as a positional mask of the outermost
-        module, becomes the one mask it repeats.
+        The mask, and whether it leads with the sample dimension.
     """
     if mask is None or num_samples is None:
         return mask, False
     rank = mask.dim()
     if rank - 1 not in ranks or mask.shape[0] != num_samples:
         return mask, False
-    expanded = mask.stride(0) == 0 or num_samples == 1
-    if rank in ranks and mask.shape[0] == first_size and not expanded:
+    if rank in ranks and mask.shape[0] == first_size:
         return mask, False
-    if expanded:
-        return mask[0], False
     return mask, True
 
 
@@ -195,6 +176,7 @@ class VIMultiheadAttention(VIModule):
     """
 
     handles_sample_dim: ClassVar[bool] = True
+    sampled_inputs: ClassVar[tuple[str, ...] | None] = ("query", "key", "value")
 
     def __init__(
         self,
@@ -355,8 +337,8 @@ class VIMultiheadAttention(VIModule):
                 return x.unsqueeze(lead)
             return x if self.batch_first else x.transpose(lead, lead + 1)
 
-        same_query_key = _is_same_tensor(query, key)
-        same_key_value = _is_same_tensor(key, value)
+        same_query_key = query is key
+        same_key_value = key is value
         query = layout(query)
         key = query if same_query_key else layout(key)
         value = key if same_key_value else layout(value)

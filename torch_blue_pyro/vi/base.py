@@ -14,8 +14,9 @@ A VIModule runs in one of two modes, chosen when its outermost instance is calle
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import numbers
-import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -36,7 +37,12 @@ from .._pyro_compat import (
 )
 from ..amp import accumulation_dtype, autocast_dtype
 from ..guides import sample_from_variational
-from ..poutine.estimators import active_estimator, carry_gaussian
+from ..poutine.context import (
+    ForwardContext,
+    SampledCall,
+    current_context,
+    swap_context,
+)
 from ..poutine.runtime import (
     check_particles_align,
     check_replayed,
@@ -52,7 +58,7 @@ from .distributions import (
     VariationalDistribution,
 )
 from .normalization import RunningStatistics
-from .per_sample import SampledCall, run_per_sample
+from .per_sample import run_per_sample
 from .random_variable import RandomVariable
 from .utils.checks import distribution_instance, positive_int
 from .utils.errors import NoVariablesError, UnsupportedDistributionError
@@ -62,17 +68,6 @@ from .utils.vi_return import VIReturn
 _D = TypeVar("_D")
 
 
-class _CallState(threading.local):
-    """Per-thread state of the outermost VIModule call in progress."""
-
-    depth: int = 0
-    #: ``S`` while tensors carry the leading sample dimension (see below).
-    num_samples: int | None = None
-    #: The outermost call that evaluates stacked samples, while it runs.
-    sampled: SampledCall | None = None
-
-
-_CALL = _CallState()
 _SAMPLE_EXECUTIONS = ("auto", "stacked", "loop")
 
 
@@ -81,43 +76,17 @@ def current_num_samples() -> int | None:
 
     During a torch_blue-mode call of the outermost module, the inputs and weights
     that a module with ``handles_sample_dim = True`` sees have a leading dimension of
-    this size. It is ``None`` outside such a call, in Pyro mode, and inside the
-    per-sample (vmap) forward of a module written for one sample.
+    this size (as under Pyro's vectorized particles). It is ``None`` outside such a
+    call, in Pyro mode without vectorized particles, and inside the per-sample
+    (vmap) forward of a module written for one sample. It reads the
+    :class:`~torch_blue_pyro.poutine.context.ForwardContext`.
 
     Returns
     -------
     int or None
         The number of weight samples being evaluated.
     """
-    return _CALL.num_samples
-
-
-def current_sampled_call() -> SampledCall | None:
-    """The outermost call evaluating stacked samples in progress, if any."""
-    return _CALL.sampled
-
-
-def _write_call_state(
-    num_samples: int | None, sampled: SampledCall | None
-) -> tuple[int | None, SampledCall | None]:
-    previous = _CALL.num_samples, _CALL.sampled
-    _CALL.num_samples, _CALL.sampled = num_samples, sampled
-    return previous
-
-
-# Dynamo defers writes to Python objects until a graph ends, so a thread-local's
-# attribute written and read back within one traced frame would be read stale: under
-# torch.compile the state is written outside the graphs (a graph break).
-_write_call_state_outside_graphs = torch.compiler.disable(_write_call_state)
-
-
-def _set_call_state(
-    num_samples: int | None, sampled: SampledCall | None
-) -> tuple[int | None, SampledCall | None]:
-    """Set ``S`` and the call in progress; return the previous values."""
-    if torch.compiler.is_compiling():
-        return _write_call_state_outside_graphs(num_samples, sampled)
-    return _write_call_state(num_samples, sampled)
+    return current_context().num_samples
 
 
 class _PriorOf:
@@ -221,6 +190,13 @@ class VIModule(PyroModule):
     #: results (the weights are drawn stacked first in every case, and normalization
     #: layers keep per-sample statistics); set it on the outermost module.
     sample_execution: str = "auto"
+    #: The arguments of ``forward`` that carry data, by name: the outermost call gives
+    #: them the leading sample dimension (positional or keyword). ``None`` (the
+    #: default) means every positional tensor argument, as in torch_blue. Anything
+    #: else (masks, flags) is passed through as given, shared by all samples; a
+    #: tensor passed several times stays one tensor (``mha(x, x, x)`` is still
+    #: self-attention).
+    sampled_inputs: ClassVar[tuple[str, ...] | None] = None
     _return_log_probs: bool = True
     #: Whether a direct call autosamples: true until the module becomes a
     #: descendant of another VIModule (see :meth:`gather_log_probs`).
@@ -517,6 +493,11 @@ class VIModule(PyroModule):
         if shapes is not None and name in shapes:
             if shapes[name] is None:
                 return None
+            draws = current_context().draws
+            if draws:
+                value = draws.get(site_name(module_site_prefix(self), name))
+                if value is not None:
+                    return value
             if not module_context(self).active:
                 return RandomVariable(self, name).sample()
             return super().__getattr__(name)  # the PyroSample site
@@ -585,28 +566,24 @@ class VIModule(PyroModule):
     # -------------------------------------------------------------- calling
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the module: autosampling when outermost in torch_blue mode, see class."""
-        if _CALL.depth:
-            num_samples = current_num_samples()
-            if num_samples is not None and not self.handles_sample_dim:
-                return self._call_per_sample(num_samples, args, kwargs)
+        context = current_context()
+        if context.in_call:
+            if context.num_samples is not None and not self.handles_sample_dim:
+                return self._call_per_sample(args, kwargs)
             return super().__call__(*args, **kwargs)
-        _CALL.depth += 1
-        try:
-            if in_pyro_inference():
-                for keyword in ("samples", "sampled_input"):
-                    if keyword in kwargs:
-                        raise TypeError(
-                            f"{keyword} is for torch_blue's autosampling; under a Pyro "
-                            "handler the model is a plain Pyro model (for several "
-                            "draws use the ELBO's num_particles or Predictive's "
-                            "num_samples)"
-                        )
-                return self._pyro_forward(args, kwargs)
-            if not self._has_sampling_responsibility:
-                return self._single_sample_forward(args, kwargs)
-            return self.sampled_forward(*args, **kwargs)
-        finally:
-            _CALL.depth -= 1
+        if in_pyro_inference():
+            for keyword in ("samples", "sampled_input"):
+                if keyword in kwargs:
+                    raise TypeError(
+                        f"{keyword} is for torch_blue's autosampling; under a Pyro "
+                        "handler the model is a plain Pyro model (for several "
+                        "draws use the ELBO's num_particles or Predictive's "
+                        "num_samples)"
+                    )
+            return self._pyro_forward(args, kwargs)
+        if not self._has_sampling_responsibility:
+            return self._single_sample_forward(args, kwargs)
+        return self.sampled_forward(*args, **kwargs)
 
     def _single_sample_forward(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -622,11 +599,15 @@ class VIModule(PyroModule):
                 )
         sites = self._bind_submodules()
         sampler = VariationalMessenger(1, sites, self._return_log_probs)
-        context = module_context(self)
-        with sampler, context:
-            draws = _draw(sites)
-            context.cache.update({name: draw[0] for name, draw in draws.items()})
-            output = PyroModule.__call__(self, *args, **kwargs)
+        with sampler, module_context(self):
+            draws = {name: draw[0] for name, draw in _draw(sites).items()}
+            output = _call_in(
+                current_context().replace(in_call=True, draws=draws),
+                PyroModule.__call__,
+                self,
+                *args,
+                **kwargs,
+            )
         if self._return_log_probs:
             for name, log_probs in sampler.site_log_probs().items():
                 site = sites[name]
@@ -643,10 +624,11 @@ class VIModule(PyroModule):
     ) -> Any:
         """Forward pass over ``samples`` weight draws at once (torch_blue autosampling).
 
-        The outermost module's call comes here. Every input tensor gains a leading
-        sample dimension (a stride-0 view, no copy), every random variable is drawn
-        ``samples`` times from its variational distribution, and the forward pass runs
-        once on the stacked draws.
+        The outermost module's call comes here. Every input tensor named by
+        :attr:`sampled_inputs` (by default every positional one) gains a leading
+        sample dimension (a stride-0 view, no copy; other arguments pass through),
+        every random variable is drawn ``samples`` times from its variational
+        distribution, and the forward pass runs once on the stacked draws.
 
         Parameters
         ----------
@@ -674,25 +656,31 @@ class VIModule(PyroModule):
         TypeError
             If an input is not a tensor.
         """
-        for index, value in enumerate(input_):
+        positions = _sampled_positions(type(self))
+        declared = {
+            index: value
+            for index, value in enumerate(input_)
+            if positions is None or index in positions
+        }
+        for index, value in declared.items():
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(
                     f"{type(self).__name__} expects tensors as inputs, got "
                     f"{type(value).__name__} for input {index}"
                 )
-        tensors = [x for x in input_ if x is not None]
+        tensors = [x for x in input_ if isinstance(x, Tensor)]
         if sampled_input:
-            num_samples = _sample_dim_of(tensors)
-            expanded: tuple[Any, ...] = input_
+            num_samples = _sample_dim_of(
+                [x for x in declared.values() if x is not None]
+            )
+            args: tuple[Any, ...] = input_
         else:
             num_samples = positive_int(samples, "samples")
-            expanded = tuple(
-                None if x is None else x.expand(num_samples, *x.shape) for x in input_
-            )
+            args, kwargs = self._with_sample_dim(num_samples, input_, kwargs)
         sites = self._bind_submodules()
         sampler = VariationalMessenger(num_samples, sites, self._return_log_probs)
         with sampler:
-            output = self._stacked_forward(num_samples, expanded, kwargs)
+            output = self._stacked_forward(num_samples, args, kwargs)
         if value_checks_enabled():
             _name_non_finite_parameters(output, sites)
         log_probs = None
@@ -723,45 +711,81 @@ class VIModule(PyroModule):
             ]
         )
         self._announce_deterministic_parameters(sites)
-        context = module_context(self)
-        with context:
+        with module_context(self):
             with weight_scope() as num_particles:
                 draws = _draw(sites)
-            if num_particles is None:
-                return super().__call__(*args, **kwargs)
-            check_particles_align(args, list(sites))
-            for name, value in draws.items():
-                shape = sites[name].shape
-                context.cache[name] = carry_gaussian(
-                    value, value.reshape(-1, *shape).expand(num_particles, *shape)
-                )
-            expanded = tuple(
-                x.expand(num_particles, *x.shape) if isinstance(x, Tensor) else x
-                for x in args
+            context = current_context().replace(
+                in_call=True, pyro_mode=True, gaussians=_guide_gaussians(draws)
             )
-            return self._stacked_forward(num_particles, expanded, kwargs)
+            if num_particles is None:
+                return _call_in(context, PyroModule.__call__, self, *args, **kwargs)
+            check_particles_align(args, list(sites))
+            particles = {
+                name: value.reshape(-1, *sites[name].shape).expand(
+                    num_particles, *sites[name].shape
+                )
+                for name, value in draws.items()
+            }
+            args, kwargs = self._with_sample_dim(num_particles, args, kwargs)
+            return self._stacked_forward(
+                num_particles, args, kwargs, context.replace(draws=particles)
+            )
+
+    def _with_sample_dim(
+        self, num_samples: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The inputs with the declared ones expanded to ``S`` samples (no copy).
+
+        See :attr:`sampled_inputs`. Each distinct tensor is expanded once, so an
+        input passed twice stays one tensor.
+        """
+        positions = _sampled_positions(type(self))
+        views: dict[int, Tensor] = {}
+
+        def expanded(value: Any) -> Any:
+            if not isinstance(value, Tensor):
+                return value
+            view = views.get(id(value))
+            if view is None:
+                view = views[id(value)] = value.expand(num_samples, *value.shape)
+            return view
+
+        new_args = tuple(
+            expanded(x) if positions is None or index in positions else x
+            for index, x in enumerate(args)
+        )
+        names = self.sampled_inputs or ()
+        new_kwargs = {
+            name: expanded(x) if name in names else x for name, x in kwargs.items()
+        }
+        return new_args, new_kwargs
 
     def _stacked_forward(
-        self, num_samples: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        num_samples: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        context: ForwardContext | None = None,
     ) -> Any:
         """Run ``forward`` on inputs and weights leading with ``S`` stacked samples.
 
-        The running statistics of normalization layers are updated once, when the
-        forward pass has succeeded (see :mod:`~torch_blue_pyro.vi.normalization`).
+        ``context`` (by default the current one) is extended by the sample
+        dimension and this call. The running statistics of normalization layers are
+        updated once, when the forward pass has succeeded (see
+        :mod:`~torch_blue_pyro.vi.normalization`).
         """
         statistics = RunningStatistics.of(self, num_samples)
-        previous = _set_call_state(
-            num_samples, SampledCall(num_samples, self, statistics)
+        stacked = (current_context() if context is None else context).replace(
+            in_call=True,
+            num_samples=num_samples,
+            call=SampledCall(num_samples, self, statistics),
         )
-        try:
-            if self._loops_over_samples():
-                output = self._call_per_sample(num_samples, args, kwargs, loop=True)
-            elif self.handles_sample_dim:
-                output = PyroModule.__call__(self, *args, **kwargs)
-            else:
-                output = self._call_per_sample(num_samples, args, kwargs)
-        finally:
-            _set_call_state(*previous)
+        if self._loops_over_samples():
+            output = _call_in(stacked, self._call_per_sample, args, kwargs, loop=True)
+        elif self.handles_sample_dim:
+            output = _call_in(stacked, PyroModule.__call__, self, *args, **kwargs)
+        else:
+            output = _call_in(stacked, self._call_per_sample, args, kwargs)
         if statistics is not None:
             statistics.commit()
         return output
@@ -776,7 +800,7 @@ class VIModule(PyroModule):
             )
         if execution != "auto":
             return execution == "loop"
-        if active_estimator() is not None:
+        if current_context().estimator is not None:
             # The estimators draw outputs, not weights: they need the stacked pass.
             return False
         parameter = next(self.parameters(), None)
@@ -797,40 +821,95 @@ class VIModule(PyroModule):
         )
 
     def _call_per_sample(
-        self,
-        num_samples: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        loop: bool = False,
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], loop: bool = False
     ) -> Any:
         """Run ``forward`` on each of the ``S`` draws, as written for one sample.
 
         Every random variable of this subtree is drawn (stacked) first; each access
-        then reads its own draw, so ``self.weight`` has the variable's shape and
-        built-in submodules take their single-sample path. The samples run under
-        :func:`torch.vmap`, or with ``loop`` one after another (see
-        :func:`~torch_blue_pyro.vi.per_sample.run_per_sample`).
+        then reads its own draw (the context's ``draws``), so ``self.weight`` has
+        the variable's shape and built-in submodules take their single-sample path.
+        The samples run under :func:`torch.vmap`, or with ``loop`` one after another
+        (see :func:`~torch_blue_pyro.vi.per_sample.run_per_sample`).
         """
-        call = current_sampled_call()
-        assert call is not None and call.num_samples == num_samples
-        context = module_context(self)
-        with context:
+        context = current_context()
+        call = context.call
+        assert call is not None and call.num_samples == context.num_samples
+        with module_context(self):
             draws = _draw(self._bind_submodules())
 
             def forward_one_sample(weights: dict[str, Tensor], *inputs: Any) -> Any:
-                cache = context.cache
-                saved = {name: cache[name] for name in weights if name in cache}
-                cache.update(weights)
-                _set_call_state(None, call)
-                try:
-                    return PyroModule.__call__(self, *inputs, **kwargs)
-                finally:
-                    _set_call_state(num_samples, call)
-                    for name in weights:
-                        cache.pop(name, None)
-                    cache.update(saved)
+                one_sample = context.replace(
+                    num_samples=None, draws={**context.draws, **weights}
+                )
+                return _call_in(
+                    one_sample, PyroModule.__call__, self, *inputs, **kwargs
+                )
 
-            return run_per_sample(call, self, forward_one_sample, args, draws, loop)
+            return run_per_sample(
+                call,
+                self,
+                forward_one_sample,
+                args,
+                draws,
+                loop,
+                _sampled_positions(type(self)),
+            )
+
+
+def _call_in(context: ForwardContext, function: Any, *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` with ``context`` installed, then the previous."""
+    previous = swap_context(context)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        swap_context(previous)
+
+
+def _guide_gaussians(draws: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+    """In Pyro mode, the Gaussians the guide drew the sites from, where known.
+
+    Only an estimator handler needs them; it recognises the guide's draws (see
+    :meth:`~torch_blue_pyro.poutine.EstimatorMessenger.gaussian_of`).
+    """
+    estimator = current_context().estimator
+    if estimator is None:
+        return {}
+    gaussians = {}
+    for name, value in draws.items():
+        gaussian = estimator.gaussian_of(name, value)
+        if gaussian is not None:
+            gaussians[name] = gaussian
+    return gaussians
+
+
+@functools.cache
+def _sampled_positions(module_type: type[VIModule]) -> frozenset[int] | None:
+    """Positions in ``forward`` of the :attr:`VIModule.sampled_inputs` (``None``: all).
+
+    Raises
+    ------
+    TypeError
+        If a declared name is not a positional argument of ``forward``.
+    """
+    names = module_type.sampled_inputs
+    if names is None:
+        return None
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+    parameters = [
+        parameter.name
+        for parameter in inspect.signature(module_type.forward).parameters.values()
+        if parameter.kind in positional
+    ][1:]  # without self
+    unknown = [name for name in names if name not in parameters]
+    if unknown:
+        raise TypeError(
+            f"{module_type.__name__}.sampled_inputs names {unknown}, which are not "
+            f"positional arguments of its forward {tuple(parameters)}"
+        )
+    return frozenset(parameters.index(name) for name in names)
 
 
 def _mark_nested(module: nn.Module) -> None:

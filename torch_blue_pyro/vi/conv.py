@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any, ClassVar, TypedDict
 
 import torch
@@ -12,9 +11,10 @@ from torch import Tensor
 
 from .. import functional
 from ..functional import _pad_widths
+from ..poutine.estimators import AffineOperation, affine
 from .base import VIModule, current_num_samples
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
-from .estimated import estimated_forward
+from .random_variable import weight_and_bias
 from .utils.checks import check_input_matches, positive_int
 
 _PADDING_STRINGS = ("same", "valid")
@@ -204,19 +204,17 @@ class _VIConvNd(VIModule):
             groups=self.groups,
             padding_mode=self.padding_mode,
         )
-        output = estimated_forward(
-            self,
-            partial(
-                functional.conv_local_reparameterization,
+        weight, bias = weight_and_bias(self)
+        return affine(
+            AffineOperation(
+                "convolution",
                 input_,
-                num_samples=num_samples,
-                **arguments,
-            ),
-            partial(functional.conv_flipout, input_, **arguments),
+                weight,
+                bias,
+                _FUNCTIONAL[dims],
+                arguments,
+            )
         )
-        if output is not None:
-            return output
-        return _FUNCTIONAL[dims](input_, self.weight, self.bias, **arguments)
 
     def extra_repr(self) -> str:
         """Describe the layer as ``nn.Conv2d`` does."""

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from .. import functional
+from ..poutine.estimators import AffineOperation, affine
 from .base import VIModule, current_num_samples
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
-from .estimated import estimated_forward
+from .random_variable import weight_and_bias
 from .utils.checks import check_input_matches, positive_int
 
 
@@ -102,9 +102,9 @@ class VILinear(VIModule):
     def forward(self, input_: Tensor) -> Tensor:
         r"""Apply the layer with the current draw of weight and bias.
 
-        Under :func:`~torch_blue_pyro.poutine.local_reparameterization` or
-        :func:`~torch_blue_pyro.poutine.flipout` the output is drawn by that
-        estimator instead (see ``torch_blue_pyro.poutine.estimators``).
+        The product is an effectful :func:`~torch_blue_pyro.poutine.affine`
+        operation: under :func:`~torch_blue_pyro.poutine.local_reparameterization`
+        or :func:`~torch_blue_pyro.poutine.flipout` that estimator computes it.
 
         Parameters
         ----------
@@ -138,18 +138,10 @@ class VILinear(VIModule):
             )
         reference = self.get_variational_parameters("weight")[0]
         check_input_matches("VILinear", "input", input_, reference)
-        output = estimated_forward(
-            self,
-            partial(
-                functional.linear_local_reparameterization,
-                input_,
-                num_samples=num_samples,
-            ),
-            partial(functional.linear_flipout, input_),
+        weight, bias = weight_and_bias(self)
+        return affine(
+            AffineOperation("linear", input_, weight, bias, functional.linear)
         )
-        if output is not None:
-            return output
-        return functional.linear(input_, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         """Describe the layer's sizes, as ``nn.Linear`` does."""

@@ -10,7 +10,6 @@ results; :func:`run_per_sample` is the one place that does either.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -19,32 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from ..amp import autocast_dtype, full_precision, without_autocast
-from .normalization import RunningStatistics
+from ..poutine.context import SampledCall
 
 __all__ = ["PerSampleForward", "SampledCall", "run_per_sample"]
 
 #: ``forward(draws, *inputs)``: one sample's weight draws by site name, and inputs.
 PerSampleForward = Callable[..., Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class SampledCall:
-    """The outermost call in progress that evaluates ``S`` stacked samples.
-
-    Attributes
-    ----------
-    num_samples: int
-        ``S``.
-    outermost: nn.Module
-        The module that was called; errors name modules by their path in it.
-    statistics: RunningStatistics or None
-        The per-sample running statistics of its normalization layers, if any are
-        updated in this call.
-    """
-
-    num_samples: int
-    outermost: nn.Module
-    statistics: RunningStatistics | None
 
 
 def run_per_sample(
@@ -54,13 +33,16 @@ def run_per_sample(
     args: tuple[Any, ...],
     draws: Mapping[str, Tensor],
     loop: bool,
+    sampled_positions: frozenset[int] | None = None,
 ) -> Any:
     """Run ``forward`` once per sample and stack its outputs.
 
-    Tensor arguments whose first dimension is ``S`` are split along it; others are
-    shared by all samples. The normalization layers of ``subtree`` read and update
-    their per-sample running statistics (see
-    :mod:`~torch_blue_pyro.vi.normalization`).
+    The arguments at ``sampled_positions`` carry the sample dimension and are split
+    along it; the others are shared by all samples. Without ``sampled_positions``
+    (a module that declares no :attr:`~torch_blue_pyro.vi.VIModule.sampled_inputs`)
+    every tensor argument whose first dimension is ``S`` is split. The
+    normalization layers of ``subtree`` read and update their per-sample running
+    statistics (see :mod:`~torch_blue_pyro.vi.normalization`).
 
     Parameters
     ----------
@@ -76,6 +58,8 @@ def run_per_sample(
         Stacked ``(S, *shape)`` weight draws, split like the inputs.
     loop: bool
         One sample after another instead of under :func:`torch.vmap`.
+    sampled_positions: frozenset[int], optional
+        The positions of the arguments that lead with the sample dimension.
 
     Returns
     -------
@@ -84,18 +68,15 @@ def run_per_sample(
 
     Raises
     ------
+    ValueError
+        If an argument at ``sampled_positions`` does not lead with ``S``.
     RuntimeError
         If a module cannot run under :func:`torch.vmap`; the error names the module
         and the way out (``sample_execution="loop"``).
     """
     num_samples = call.num_samples
     region = None if call.statistics is None else call.statistics.region(subtree)
-    in_dims = tuple(
-        0
-        if isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] == num_samples
-        else None
-        for x in args
-    )
+    in_dims = _sample_dims(subtree, args, num_samples, sampled_positions)
     if loop:
         # unbind: one backward node stacks the S gradients (indexing would give each
         # sample's gradient a zero-filled (S, *shape) tensor of its own).
@@ -138,6 +119,38 @@ def run_per_sample(
         if not _is_vmap_error(error):
             raise
         raise RuntimeError(_vmap_failure(error, call.outermost, subtree)) from error
+
+
+def _sample_dims(
+    subtree: nn.Module,
+    args: tuple[Any, ...],
+    num_samples: int,
+    sampled_positions: frozenset[int] | None,
+) -> tuple[int | None, ...]:
+    """``vmap``'s ``in_dims``: 0 for the arguments that carry the sample dimension."""
+
+    def leads_with_samples(x: Any) -> bool:
+        return isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] == num_samples
+
+    if sampled_positions is None:
+        return tuple(0 if leads_with_samples(x) else None for x in args)
+    for index in sorted(sampled_positions):
+        value = args[index] if index < len(args) else None
+        if value is not None and not leads_with_samples(value):
+            got = (
+                f"shape {tuple(value.shape)}"
+                if isinstance(value, Tensor)
+                else type(value).__name__
+            )
+            raise ValueError(
+                f"{type(subtree).__name__} declares input {index} as sampled "
+                f"(sampled_inputs), so it must lead with the {num_samples} samples; "
+                f"got {got}"
+            )
+    return tuple(
+        0 if index in sampled_positions and x is not None else None
+        for index, x in enumerate(args)
+    )
 
 
 def _device_type(args: tuple[Any, ...], draws: Mapping[str, Tensor]) -> str:

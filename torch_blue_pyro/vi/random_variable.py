@@ -167,6 +167,11 @@ class RandomVariable:
             and type(self.prior) is MeanFieldNormal
         )
 
+    def current_value(self) -> Tensor:
+        """The variable's value in the running forward pass (its site's draw)."""
+        value: Tensor = getattr(self.module, self.variable)
+        return value
+
     def sample(self) -> Tensor:
         """One reparameterized draw from the variational distribution."""
         return self.variational_distribution.sample(self.variational_parameters())
@@ -235,3 +240,22 @@ class RandomVariable:
         return self.variational_distribution.pyro_distribution(
             self.variational_parameters()
         )
+
+
+def weight_and_bias(
+    module: VariableModule,
+) -> tuple[RandomVariable, RandomVariable | None]:
+    """The ``weight`` and (``None`` if absent) ``bias`` of a Linear or convolution.
+
+    Parameters
+    ----------
+    module: VariableModule
+        A layer whose random variables are ``("weight", "bias")``.
+
+    Returns
+    -------
+    tuple[RandomVariable, RandomVariable or None]
+        The two variables; the bias is ``None`` where its shape is ``None``.
+    """
+    bias = None if module.prior.get("bias") is None else RandomVariable(module, "bias")
+    return RandomVariable(module, "weight"), bias

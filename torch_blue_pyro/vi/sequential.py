@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.nn import Module, Sequential
 
-from .base import VIModule, current_num_samples, current_sampled_call
+from ..poutine.context import current_context
+from .base import VIModule
 from .normalization import batch_norm_over_samples, is_plain_batch_norm
 from .per_sample import run_per_sample
 
@@ -34,10 +35,11 @@ def _call_child(module: Module, input_: Any) -> Any:
     :func:`torch.vmap`; a batch norm layer normalizes all samples at once, each with
     its own statistics.
     """
-    call = current_sampled_call()
+    context = current_context()
+    call = context.call
     if (
         call is None
-        or current_num_samples() is None
+        or context.num_samples is None
         or isinstance(module, VIModule)
         or type(module) in _SAMPLE_DIM_TRANSPARENT
         or not isinstance(input_, Tensor)

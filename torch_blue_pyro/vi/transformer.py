@@ -220,6 +220,7 @@ class VITransformerEncoderLayer(VIModule):
     """
 
     handles_sample_dim: ClassVar[bool] = True
+    sampled_inputs: ClassVar[tuple[str, ...] | None] = ("src",)
 
     def __init__(
         self,
@@ -420,6 +421,7 @@ class VITransformerDecoderLayer(VIModule):
     """
 
     handles_sample_dim: ClassVar[bool] = True
+    sampled_inputs: ClassVar[tuple[str, ...] | None] = ("tgt", "memory")
 
     def __init__(
         self,
@@ -683,6 +685,7 @@ class VITransformerEncoder(VIModule):
     """
 
     handles_sample_dim: ClassVar[bool] = True
+    sampled_inputs: ClassVar[tuple[str, ...] | None] = ("src",)
 
     def __init__(
         self,
@@ -773,6 +776,7 @@ class VITransformerDecoder(VIModule):
     """
 
     handles_sample_dim: ClassVar[bool] = True
+    sampled_inputs: ClassVar[tuple[str, ...] | None] = ("tgt", "memory")
 
     def __init__(
         self,
@@ -918,6 +922,7 @@ class VITransformer(VIModule):
     """
 
     handles_sample_dim: ClassVar[bool] = True
+    sampled_inputs: ClassVar[tuple[str, ...] | None] = ("src", "tgt")
 
     def __init__(
         self,
