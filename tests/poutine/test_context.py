@@ -2,6 +2,7 @@
 handlers; estimators written as handlers of the layers' affine operation."""
 
 import threading
+from pathlib import Path
 
 import pyro
 import pytest
@@ -10,9 +11,8 @@ from pyro import poutine as pyro_poutine
 from torch import nn
 from torch.nn import functional as F
 
-from torch_blue_pyro import functional, vi
+from torch_blue_pyro import vi
 from torch_blue_pyro.poutine import (
-    EstimatorMessenger,
     ForwardContext,
     current_context,
     flipout,
@@ -52,7 +52,21 @@ def test_a_call_installs_the_context_and_restores_the_previous_one() -> None:
     seen = snapshot.seen[-1]
     assert seen.in_call and not seen.pyro_mode and seen.num_samples == 5
     assert seen.call is not None and seen.call.outermost is model
+    assert seen.call.execution == "stacked"
     assert seen.sampler is not None and seen.estimator is None
+
+
+def test_a_loop_runs_each_sample_in_a_context_without_the_sample_dim() -> None:
+    snapshot = _Snapshot()
+    model = _model(snapshot)
+    model.sample_execution = "loop"
+    model(torch.randn(4, 3), samples=3)
+    assert len(snapshot.seen) == 3
+    for seen in snapshot.seen:
+        assert seen.num_samples is None and seen.in_call
+        assert seen.call is not None and seen.call.execution == "loop"
+        assert set(seen.draws) == {"0.weight", "0.bias"}
+    assert current_context().call is None
 
 
 def test_the_context_is_restored_when_the_forward_raises() -> None:
@@ -115,17 +129,33 @@ def test_guide_draws_carry_no_marks() -> None:
             assert vars(node["value"]) == {}, name
 
 
-class MeanWeights(EstimatorMessenger):
-    """Linear layers use the mean of their weight and bias: no draw (docs/pyro.md)."""
+DOCS = Path(__file__).parents[2] / "docs" / "pyro.md"
 
-    kind = "mean_weights"
 
-    def estimate(self, operation, context, gaussians, drawn):
-        if operation.kind != "linear":
-            return None  # the plain operation
-        (weight_mean, _), *bias = gaussians
-        bias_mean = bias[0][0] if bias else None
-        return functional.linear(operation.input, weight_mean, bias_mean)
+def _documented_example() -> str:
+    """The code block of docs/pyro.md's "Writing an estimator" section."""
+    section = DOCS.read_text().split("### Writing an estimator", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def _run_documented_example(net: nn.Module, x: torch.Tensor) -> dict:
+    namespace = {"net": net, "x": x}
+    exec(compile(_documented_example(), str(DOCS), "exec"), namespace)
+    return namespace
+
+
+def test_the_documented_estimator_runs_as_written() -> None:
+    net = vi.VISequential(vi.VILinear(3, 4), nn.ReLU(), vi.VILinear(4, 2))
+    x = torch.randn(5, 3)
+    out = _run_documented_example(net, x)["out"]
+    hidden = F.relu(F.linear(x, net[0]._weight_mean, net[0]._bias_mean))
+    expected = F.linear(hidden, net[2]._weight_mean, net[2]._bias_mean)
+    torch.testing.assert_close(out[0].as_tensor(), expected)
+
+
+MeanWeights = _run_documented_example(vi.VILinear(1, 1), torch.zeros(1, 1))[
+    "MeanWeights"
+]
 
 
 def test_a_new_estimator_is_one_messenger() -> None:
@@ -216,7 +246,7 @@ class _ScaledPlusOffset(vi.VIModule):
     sampled_inputs = ("x",)
 
     def __init__(self) -> None:
-        super().__init__({"weight": (3,)})
+        super().__init__({"weight": (1, 3)})
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         return x * self.weight + offset
@@ -231,6 +261,7 @@ def test_code_for_one_sample_splits_only_declared_inputs(execution: str) -> None
     x = torch.randn(4, 3)
     offset = torch.randn(3)  # as long as the 3 samples: shape alone cannot tell
     out = module(x, offset, samples=3)
+    assert current_context().call is None
     expected = x * module._weight_mean + offset
     for sample in out.as_tensor():
         torch.testing.assert_close(sample, expected.detach())

@@ -97,11 +97,15 @@ class SampledCall:
     statistics: SampleStatistics or None
         The per-sample running statistics of its normalization layers, if any are
         updated in this call.
+    execution: str
+        ``"stacked"`` (one pass on all samples) or ``"loop"`` (one pass per
+        sample), as the outermost module's ``sample_execution`` resolved.
     """
 
     num_samples: int
     outermost: nn.Module
     statistics: SampleStatistics | None
+    execution: str = "stacked"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +124,8 @@ class ForwardContext:
         per-sample forward of code written for one sample.
     call: SampledCall or None
         The outermost call evaluating stacked samples, while it runs (also inside
-        its per-sample forwards).
+        its per-sample forwards): its module, execution path and normalization
+        statistics.
     draws: Mapping[str, Tensor]
         Values that stand in for sample sites' draws, by site name: one sample's
         weights in a per-sample forward, the particles' weights reshaped to the

@@ -66,7 +66,7 @@ from ..sites import NormalWeightPosterior
 from .context import ForwardContext, current_context
 from .runtime import TransparentMessenger
 
-#: ``infer`` key with which ``model.guide`` marks its Gaussian draws.
+#: ``infer`` key of a sample message whose draw is Gaussian: ``(loc, scale)``.
 GAUSSIAN_DRAW = "torch_blue_pyro_gaussian"
 Gaussian = tuple[Tensor, Tensor]
 
@@ -174,7 +174,7 @@ class EstimatorMessenger(TransparentMessenger):
 
     The Gaussians are, in torch_blue mode, the layer's own ``MeanFieldNormal``
     parameters and, in Pyro mode, those that the guide drew the weights from:
-    ``model.guide`` marks its draws, and this handler recognises the draws of any
+    ``model.guide`` says so in its sites' ``infer``, and this handler recognises any
     guide that samples a site from ``Normal(loc, scale).to_event(...)``
     (``AutoNormal``'s included, whose site is a ``Delta`` at that draw).
     """
@@ -191,7 +191,7 @@ class EstimatorMessenger(TransparentMessenger):
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
         # Seen last (no Pyro handler outside this one), a latent site still without
         # a value is about to be drawn from its own distribution (an autoguide's,
-        # say); where that is a Gaussian over the whole site, its draw gets marked.
+        # say); where that is a Gaussian over the whole site, its infer says so.
         if (
             msg["value"] is not None
             or msg["is_observed"]

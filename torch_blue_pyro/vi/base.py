@@ -775,12 +775,15 @@ class VIModule(PyroModule):
         :mod:`~torch_blue_pyro.vi.normalization`).
         """
         statistics = RunningStatistics.of(self, num_samples)
+        loop = self._loops_over_samples()
         stacked = (current_context() if context is None else context).replace(
             in_call=True,
             num_samples=num_samples,
-            call=SampledCall(num_samples, self, statistics),
+            call=SampledCall(
+                num_samples, self, statistics, "loop" if loop else "stacked"
+            ),
         )
-        if self._loops_over_samples():
+        if loop:
             output = _call_in(stacked, self._call_per_sample, args, kwargs, loop=True)
         elif self.handles_sample_dim:
             output = _call_in(stacked, PyroModule.__call__, self, *args, **kwargs)

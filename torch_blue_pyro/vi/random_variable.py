@@ -93,10 +93,13 @@ class RandomVariable:
             yield site_name(prefix, attribute), getattr(self.module, attribute)
 
     def _hyperparameters(self) -> tuple[Tensor, ...]:
-        """The layer's parameters a hierarchical prior needs besides the sample.
+        """The prior's *hyperparameters*: what its density takes from the layer.
 
-        The variational parameters named by the prior's ``_required_parameters``,
-        or a :class:`HierarchicalPrior`'s variational factors.
+        torch_blue's word for the tensors a prior's log-density takes besides the
+        sample: the variational parameters named by the prior's
+        ``_required_parameters`` (the quiet prior's mean), or a
+        :class:`HierarchicalPrior`'s variational factors. (A hierarchical prior's
+        random variables are its *hyper-variables*, sample sites of their own.)
         """
         if isinstance(self.prior, HierarchicalPrior):
             return self.prior.factor_parameters(self.module, self.variable)
