@@ -265,3 +265,36 @@ def test_code_for_one_sample_splits_only_declared_inputs(execution: str) -> None
     expected = x * module._weight_mean + offset
     for sample in out.as_tensor():
         torch.testing.assert_close(sample, expected.detach())
+
+
+@pytest.mark.parametrize("execution", ["stacked", "loop"])
+def test_code_for_one_sample_splits_declared_keyword_inputs(execution: str) -> None:
+    module = _ScaledPlusOffset()
+    module.sample_execution = execution
+    with torch.no_grad():
+        module._weight_log_std.fill_(-30.0)
+    x, offset = torch.randn(4, 3), torch.randn(3)
+    out = module(x=x, offset=offset, samples=3)
+    assert out.shape == (3, 4, 3)
+    expected = (x * module._weight_mean + offset).detach()
+    for sample in out.as_tensor():
+        torch.testing.assert_close(sample, expected)
+
+
+class _CallsWithAFreshTensor(vi.VIModule):
+    """Passes a tensor without the sample dimension as the declared input."""
+
+    handles_sample_dim = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _ScaledPlusOffset()
+
+    def forward(self, offset: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.ones(5, 3), offset)
+
+
+def test_a_declared_input_without_the_samples_is_named() -> None:
+    model = _CallsWithAFreshTensor()
+    with pytest.raises(ValueError, match=r"declares input 0 as sampled .* \(5, 3\)"):
+        model(torch.randn(3), samples=3)

@@ -837,15 +837,31 @@ class VIModule(PyroModule):
         context = current_context()
         call = context.call
         assert call is not None and call.num_samples == context.num_samples
+        names = self.sampled_inputs or ()
+        sampled_kwargs = {
+            name: value
+            for name, value in kwargs.items()
+            if name in names and value is not None
+        }
+        shared_kwargs = {
+            name: value for name, value in kwargs.items() if name not in sampled_kwargs
+        }
         with module_context(self):
             draws = _draw(self._bind_submodules())
 
-            def forward_one_sample(weights: dict[str, Tensor], *inputs: Any) -> Any:
+            def forward_one_sample(
+                weights: dict[str, Tensor], *inputs: Any, **sampled: Tensor
+            ) -> Any:
                 one_sample = context.replace(
                     num_samples=None, draws={**context.draws, **weights}
                 )
                 return _call_in(
-                    one_sample, PyroModule.__call__, self, *inputs, **kwargs
+                    one_sample,
+                    PyroModule.__call__,
+                    self,
+                    *inputs,
+                    **shared_kwargs,
+                    **sampled,
                 )
 
             return run_per_sample(
@@ -856,6 +872,7 @@ class VIModule(PyroModule):
                 draws,
                 loop,
                 _sampled_positions(type(self)),
+                sampled_kwargs,
             )
 
 

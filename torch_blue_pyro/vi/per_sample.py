@@ -34,6 +34,7 @@ def run_per_sample(
     draws: Mapping[str, Tensor],
     loop: bool,
     sampled_positions: frozenset[int] | None = None,
+    sampled_kwargs: Mapping[str, Tensor] | None = None,
 ) -> Any:
     """Run ``forward`` once per sample and stack its outputs.
 
@@ -60,6 +61,9 @@ def run_per_sample(
         One sample after another instead of under :func:`torch.vmap`.
     sampled_positions: frozenset[int], optional
         The positions of the arguments that lead with the sample dimension.
+    sampled_kwargs: Mapping[str, Tensor], optional
+        Keyword arguments that lead with the sample dimension; split like the
+        inputs and passed to ``forward`` by name.
 
     Returns
     -------
@@ -69,7 +73,8 @@ def run_per_sample(
     Raises
     ------
     ValueError
-        If an argument at ``sampled_positions`` does not lead with ``S``.
+        If an argument at ``sampled_positions`` or in ``sampled_kwargs`` does not
+        lead with ``S``.
     RuntimeError
         If a module cannot run under :func:`torch.vmap`; the error names the module
         and the way out (``sample_execution="loop"``).
@@ -77,10 +82,14 @@ def run_per_sample(
     num_samples = call.num_samples
     region = None if call.statistics is None else call.statistics.region(subtree)
     in_dims = _sample_dims(subtree, args, num_samples, sampled_positions)
+    keywords = dict(sampled_kwargs or {})
+    for name, value in keywords.items():
+        _require_samples(subtree, f"input {name!r}", value, num_samples)
     if loop:
         # unbind: one backward node stacks the S gradients (indexing would give each
         # sample's gradient a zero-filled (S, *shape) tensor of its own).
         draws_per_sample = {name: draw.unbind(0) for name, draw in draws.items()}
+        keywords_per_sample = {name: x.unbind(0) for name, x in keywords.items()}
         args_per_sample = [
             None if dim is None else x.unbind(0)
             for x, dim in zip(args, in_dims, strict=True)
@@ -92,29 +101,40 @@ def run_per_sample(
                 for x, parts in zip(args, args_per_sample, strict=True)
             )
             one_draw = {name: parts[index] for name, parts in draws_per_sample.items()}
+            one_keywords = {
+                name: parts[index] for name, parts in keywords_per_sample.items()
+            }
             with nullcontext() if region is None else region.sample(index):
-                outputs.append(forward(one_draw, *inputs))
+                outputs.append(forward(one_draw, *inputs, **one_keywords))
         return _stack_outputs(outputs)
 
     def one_sample(
         one_draw: dict[str, Tensor],
         stacks: list[dict[str, Tensor]],
+        one_keywords: dict[str, Tensor],
         *inputs: Any,
     ) -> Any:
         with nullcontext() if region is None else region.installed(stacks):
-            return forward(one_draw, *inputs)
+            return forward(one_draw, *inputs, **one_keywords)
 
     stacks = [] if region is None else region.vmap_inputs()
-    vmapped = torch.vmap(one_sample, in_dims=(0, 0, *in_dims), randomness="different")
+    vmapped = torch.vmap(
+        one_sample, in_dims=(0, 0, 0, *in_dims), randomness="different"
+    )
     device_type = _device_type(args, draws)
     try:
         if autocast_dtype(device_type) is None:
-            return vmapped(dict(draws), stacks, *args)
+            return vmapped(dict(draws), stacks, keywords, *args)
         # torch.vmap applies no autocast to convolutions, and batch normalization
         # under vmap refuses half-precision inputs with float32 statistics: the
         # per-sample code runs in full precision instead.
         with without_autocast(device_type):
-            return vmapped(dict(draws), stacks, *(full_precision(x) for x in args))
+            return vmapped(
+                dict(draws),
+                stacks,
+                {name: full_precision(x) for name, x in keywords.items()},
+                *(full_precision(x) for x in args),
+            )
     except RuntimeError as error:
         if not _is_vmap_error(error):
             raise
@@ -128,28 +148,38 @@ def _sample_dims(
     sampled_positions: frozenset[int] | None,
 ) -> tuple[int | None, ...]:
     """``vmap``'s ``in_dims``: 0 for the arguments that carry the sample dimension."""
-
-    def leads_with_samples(x: Any) -> bool:
-        return isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] == num_samples
-
     if sampled_positions is None:
-        return tuple(0 if leads_with_samples(x) else None for x in args)
+        return tuple(0 if _leads_with(x, num_samples) else None for x in args)
     for index in sorted(sampled_positions):
         value = args[index] if index < len(args) else None
-        if value is not None and not leads_with_samples(value):
-            got = (
-                f"shape {tuple(value.shape)}"
-                if isinstance(value, Tensor)
-                else type(value).__name__
-            )
-            raise ValueError(
-                f"{type(subtree).__name__} declares input {index} as sampled "
-                f"(sampled_inputs), so it must lead with the {num_samples} samples; "
-                f"got {got}"
-            )
+        _require_samples(subtree, f"input {index}", value, num_samples)
     return tuple(
         0 if index in sampled_positions and x is not None else None
         for index, x in enumerate(args)
+    )
+
+
+def _leads_with(value: Any, num_samples: int) -> bool:
+    """Whether ``value`` is a tensor whose first dimension has size ``S``."""
+    return (
+        isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == num_samples
+    )
+
+
+def _require_samples(
+    subtree: nn.Module, label: str, value: Any, num_samples: int
+) -> None:
+    """Raise unless a declared sampled input (or ``None``) leads with ``S``."""
+    if value is None or _leads_with(value, num_samples):
+        return
+    got = (
+        f"shape {tuple(value.shape)}"
+        if isinstance(value, Tensor)
+        else type(value).__name__
+    )
+    raise ValueError(
+        f"{type(subtree).__name__} declares {label} as sampled (sampled_inputs), so "
+        f"it must lead with the {num_samples} samples; got {got}"
     )
 
 
