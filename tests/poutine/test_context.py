@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from torch_blue_pyro import vi
 from torch_blue_pyro.poutine import (
+    EstimatorMessenger,
     ForwardContext,
     current_context,
     flipout,
@@ -298,3 +299,14 @@ def test_a_declared_input_without_the_samples_is_named() -> None:
     model = _CallsWithAFreshTensor()
     with pytest.raises(ValueError, match=r"declares input 0 as sampled .* \(5, 3\)"):
         model(torch.randn(3), samples=3)
+
+
+def test_an_estimator_without_its_math_is_named() -> None:
+    class Unfinished(EstimatorMessenger):
+        kind = "unfinished"
+
+    with (
+        pytest.raises(NotImplementedError, match="Unfinished must implement"),
+        Unfinished(),
+    ):
+        vi.VILinear(3, 2)(torch.randn(4, 3), samples=2)

@@ -313,7 +313,10 @@ class EstimatorMessenger(TransparentMessenger):
         Tensor or None
             The output, or ``None`` to leave it to the plain operation.
         """
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement estimate(operation, context, "
+            "gaussians, drawn)"
+        )
 
 
 def _found(
