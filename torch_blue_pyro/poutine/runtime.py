@@ -23,7 +23,7 @@ from pyro.poutine.runtime import effectful
 from torch import Tensor
 
 from .._pyro_compat import PREDICTIVE_PARTICLE_PLATE, PYRO_STACK, name_parameter
-from .context import current_context, swap_context
+from .context import ForwardContext, current_context, swap_context
 
 #: Names of the plates that stack particles rather than data: those of
 #: ``Trace_ELBO(vectorize_particles=True)`` and of ``Predictive(..., parallel=True)``.
@@ -46,7 +46,7 @@ class TransparentMessenger(Messenger):
 
     def __init__(self) -> None:
         super().__init__()
-        self._replaced_contexts: list[Any] = []
+        self._replaced_contexts: list[ForwardContext] = []
 
     def __enter__(self) -> TransparentMessenger:
         super().__enter__()

@@ -46,12 +46,12 @@ _ATTENTION_VARIABLES = (
 )
 
 
-def _split_sample_dim(
+def _is_per_sample_mask(
     mask: Tensor | None,
     num_samples: int | None,
     ranks: tuple[int, ...],
     first_size: int | None = None,
-) -> tuple[Tensor | None, bool]:
+) -> bool:
     """Whether a mask carries one mask per sample (a leading sample dimension).
 
     Masks are not inputs that autosampling expands (see
@@ -75,17 +75,15 @@ def _split_sample_dim(
 
     Returns
     -------
-    tuple[Tensor or None, bool]
-        The mask, and whether it leads with the sample dimension.
+    bool
+        Whether the mask leads with the sample dimension.
     """
     if mask is None or num_samples is None:
-        return mask, False
+        return False
     rank = mask.dim()
     if rank - 1 not in ranks or mask.shape[0] != num_samples:
-        return mask, False
-    if rank in ranks and mask.shape[0] == first_size:
-        return mask, False
-    return mask, True
+        return False
+    return not (rank in ranks and mask.shape[0] == first_size)
 
 
 class VIMultiheadAttention(VIModule):
@@ -316,10 +314,10 @@ class VIMultiheadAttention(VIModule):
         batched = self._check_inputs(query, key, value, lead)
         batch_dim = lead + (0 if self.batch_first else 1)
         batch = query.shape[batch_dim] if batched else 1
-        attn_mask, attn_sampled = _split_sample_dim(
+        attn_sampled = _is_per_sample_mask(
             attn_mask, num_samples, (2, 3), batch * self.num_heads
         )
-        key_padding_mask, padding_sampled = _split_sample_dim(
+        padding_sampled = _is_per_sample_mask(
             key_padding_mask, num_samples, (2,) if batched else (1,)
         )
         if is_causal and attn_mask is None:

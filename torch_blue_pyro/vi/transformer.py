@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from .attention import (
     VIMultiheadAttention,
-    _split_sample_dim,
+    _is_per_sample_mask,
 )
 from .base import VIModule, current_num_samples
 from .distributions import MeanFieldNormal, Prior, VariationalDistribution
@@ -633,16 +633,13 @@ def _causal_hint(
     mask: Tensor | None,
     is_causal: bool | None,
     layers: ModuleList,
-) -> tuple[Tensor | None, bool]:
-    """Read a positional mask's sample dimension and detect the causal mask."""
+) -> bool:
+    """Whether ``mask`` is causal: as hinted, or detected (not for per-sample masks)."""
     batch_first, heads = _first_attention(layers)
     seq_len, batch = _sequence_length(src, batch_first)
-    mask, per_sample = _split_sample_dim(
-        mask, current_num_samples(), (2, 3), (batch or 1) * heads
-    )
-    if per_sample:
-        return mask, bool(is_causal)
-    return mask, _detect_causal(mask, is_causal, seq_len)
+    if _is_per_sample_mask(mask, current_num_samples(), (2, 3), (batch or 1) * heads):
+        return bool(is_causal)
+    return _detect_causal(mask, is_causal, seq_len)
 
 
 class VITransformerEncoder(VIModule):
@@ -725,7 +722,7 @@ class VITransformerEncoder(VIModule):
         Tensor
             Shaped like ``src``.
         """
-        mask, causal = _causal_hint(src, mask, is_causal, self.layers)
+        causal = _causal_hint(src, mask, is_causal, self.layers)
         output = src
         for layer in self.layers:
             output = layer(
@@ -828,7 +825,7 @@ class VITransformerDecoder(VIModule):
         Tensor
             Shaped like ``tgt``.
         """
-        tgt_mask, causal = _causal_hint(tgt, tgt_mask, tgt_is_causal, self.layers)
+        causal = _causal_hint(tgt, tgt_mask, tgt_is_causal, self.layers)
         output = tgt
         for layer in self.layers:
             output = layer(
