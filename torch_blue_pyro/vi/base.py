@@ -14,6 +14,7 @@ A VIModule runs in one of two modes, chosen when its outermost instance is calle
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import numbers
@@ -656,11 +657,11 @@ class VIModule(PyroModule):
         TypeError
             If an input is not a tensor.
         """
-        positions = _sampled_positions(type(self))
+        sampled = _sampled_inputs(type(self))
         declared = {
             index: value
             for index, value in enumerate(input_)
-            if positions is None or index in positions
+            if sampled.positional(index)
         }
         for index, value in declared.items():
             if value is not None and not isinstance(value, Tensor):
@@ -739,7 +740,7 @@ class VIModule(PyroModule):
         See :attr:`sampled_inputs`. Each distinct tensor is expanded once, so an
         input passed twice stays one tensor.
         """
-        positions = _sampled_positions(type(self))
+        sampled = _sampled_inputs(type(self))
         views: dict[int, Tensor] = {}
 
         def expanded(value: Any) -> Any:
@@ -751,12 +752,12 @@ class VIModule(PyroModule):
             return view
 
         new_args = tuple(
-            expanded(x) if positions is None or index in positions else x
+            expanded(x) if sampled.positional(index) else x
             for index, x in enumerate(args)
         )
-        names = self.sampled_inputs or ()
         new_kwargs = {
-            name: expanded(x) if name in names else x for name, x in kwargs.items()
+            name: expanded(x) if sampled.keyword(name) else x
+            for name, x in kwargs.items()
         }
         return new_args, new_kwargs
 
@@ -837,11 +838,11 @@ class VIModule(PyroModule):
         context = current_context()
         call = context.call
         assert call is not None and call.num_samples == context.num_samples
-        names = self.sampled_inputs or ()
+        sampled = _sampled_inputs(type(self))
         sampled_kwargs = {
             name: value
             for name, value in kwargs.items()
-            if name in names and value is not None
+            if sampled.keyword(name) and value is not None
         }
         shared_kwargs = {
             name: value for name, value in kwargs.items() if name not in sampled_kwargs
@@ -850,7 +851,7 @@ class VIModule(PyroModule):
             draws = _draw(self._bind_submodules())
 
             def forward_one_sample(
-                weights: dict[str, Tensor], *inputs: Any, **sampled: Tensor
+                weights: dict[str, Tensor], *inputs: Any, **sampled_one: Tensor
             ) -> Any:
                 one_sample = context.replace(
                     num_samples=None, draws={**context.draws, **weights}
@@ -861,7 +862,7 @@ class VIModule(PyroModule):
                     self,
                     *inputs,
                     **shared_kwargs,
-                    **sampled,
+                    **sampled_one,
                 )
 
             return run_per_sample(
@@ -871,7 +872,7 @@ class VIModule(PyroModule):
                 args,
                 draws,
                 loop,
-                _sampled_positions(type(self)),
+                sampled.positions,
                 sampled_kwargs,
             )
 
@@ -902,9 +903,33 @@ def _guide_gaussians(draws: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Ten
     return gaussians
 
 
+@dataclasses.dataclass(frozen=True)
+class _SampledInputs:
+    """Which arguments of a module's ``forward`` carry the sample dimension.
+
+    Attributes
+    ----------
+    positions: frozenset[int] or None
+        The positions of the declared inputs; ``None``: every positional argument.
+    names: frozenset[str]
+        The declared names, which also count when passed by keyword.
+    """
+
+    positions: frozenset[int] | None
+    names: frozenset[str]
+
+    def positional(self, index: int) -> bool:
+        """Whether the positional argument at ``index`` carries the samples."""
+        return self.positions is None or index in self.positions
+
+    def keyword(self, name: str) -> bool:
+        """Whether the keyword argument ``name`` carries the samples."""
+        return name in self.names
+
+
 @functools.cache
-def _sampled_positions(module_type: type[VIModule]) -> frozenset[int] | None:
-    """Positions in ``forward`` of the :attr:`VIModule.sampled_inputs` (``None``: all).
+def _sampled_inputs(module_type: type[VIModule]) -> _SampledInputs:
+    """The :attr:`VIModule.sampled_inputs` of a class, resolved against ``forward``.
 
     Raises
     ------
@@ -913,7 +938,7 @@ def _sampled_positions(module_type: type[VIModule]) -> frozenset[int] | None:
     """
     names = module_type.sampled_inputs
     if names is None:
-        return None
+        return _SampledInputs(None, frozenset())
     positional = (
         inspect.Parameter.POSITIONAL_ONLY,
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -929,7 +954,9 @@ def _sampled_positions(module_type: type[VIModule]) -> frozenset[int] | None:
             f"{module_type.__name__}.sampled_inputs names {unknown}, which are not "
             f"positional arguments of its forward {tuple(parameters)}"
         )
-    return frozenset(parameters.index(name) for name in names)
+    return _SampledInputs(
+        frozenset(parameters.index(name) for name in names), frozenset(names)
+    )
 
 
 def _mark_nested(module: nn.Module) -> None:
