@@ -130,16 +130,62 @@ def test_goals_are_checked_against_the_means() -> None:
         _row("ours (recipe)", "torch_blue", **{**base, "nll": 0.06, "ece": 0.01}),
         _row("ours (recipe)", "pyro", **{**base, "accuracy": 0.96}),
     ]
+    classification.append(_row("ours (recipe)", "torch_blue", **base, task="cnn"))
     lines = uncertainty_benchmark.goals(regression, classification).splitlines()
     verdict = {tuple(line.split(" | ")[:2]): line.split(" | ")[-1] for line in lines}
-    assert verdict["| boston test LL ≥ -2.45", "torch_blue"] == "yes |"
-    assert verdict["| concrete test LL ≥ -3.1", "pyro"] == "no |"
+    assert verdict["| boston test LL ≥ -2.45 (recipe)", "torch_blue"] == "yes |"
+    assert verdict["| concrete test LL ≥ -3.1 (recipe)", "pyro"] == "no |"
     assert verdict["| digits NLL ≤ 0.07", "torch_blue"] == "yes |"
     assert verdict["| digits ECE ≤ 0.015", "pyro"] == "no |"
     assert verdict["| digits accuracy ≥ deterministic's (0.9700)", "torch_blue"] == (
         "yes |"
     )
     assert verdict["| digits accuracy ≥ deterministic's (0.9700)", "pyro"] == "no |"
+
+
+def test_the_natural_gradient_goals_are_set_by_the_best_other_row() -> None:
+    def row(method: str, mode: str, task: str, **metrics: float):
+        return {"task": task, "method": method, "mode": mode, "seed": 0, **metrics}
+
+    ng = "ours (natural gradient)"
+    base = {"accuracy": 0.97, "nll": 0.08, "ece": 0.02}
+    classification = [
+        row("deterministic", "-", "mlp", **base, auroc_mi_rotated=None),
+        row("IVON", "-", "mlp", **{**base, "nll": 0.06}, auroc_mi_rotated=0.9),
+        row("MC dropout", "-", "mlp", **{**base, "ece": 0.01}, auroc_mi_rotated=0.7),
+        row(
+            ng,
+            "torch_blue",
+            "mlp",
+            **{**base, "nll": 0.05, "ece": 0.012},
+            auroc_mi_rotated=0.95,
+        ),
+        row(
+            ng,
+            "pyro",
+            "mlp",
+            **{**base, "accuracy": 0.96, "nll": 0.07},
+            auroc_mi_rotated=0.8,
+        ),
+        row("deterministic", "-", "cnn", **base),
+        row(ng, "torch_blue", "cnn", **base, auroc_mi_rotated=0.5),
+    ]
+    lines = uncertainty_benchmark.natural_gradient_goals(classification)
+    verdict = {tuple(line.split(" | ")[:2]): line.split(" | ")[-1] for line in lines}
+    assert verdict[
+        "| digits mlp: NLL ≤ best other (0.0600, IVON, -)", "torch_blue"
+    ] == ("yes |")
+    assert verdict["| digits mlp: NLL ≤ best other (0.0600, IVON, -)", "pyro"] == "no |"
+    ece = "| digits mlp: ECE ≤ best other (0.0100, MC dropout, -)"
+    assert verdict[ece, "torch_blue"] == "no |"
+    mi = "| digits mlp: AUROC MI rotated ≥ best other (0.9000, IVON, -)"
+    assert verdict[mi, "torch_blue"] == "yes |" and verdict[mi, "pyro"] == "no |"
+    accuracy = "| digits mlp: accuracy ≥ deterministic's (0.9700)"
+    assert verdict[accuracy, "torch_blue"] == "yes |"
+    assert verdict[accuracy, "pyro"] == "no |"
+    # The CNN task has no other row with a mutual information: no MI goal there.
+    cnn = [line for line in lines if "digits cnn" in line]
+    assert cnn and not any("AUROC MI" in line for line in cnn)
 
 
 def test_the_page_is_written_between_its_markers(monkeypatch, tmp_path) -> None:
@@ -186,3 +232,147 @@ def test_the_recipe_beats_the_defaults_on_a_short_classification_run() -> None:
     recipe, defaults = rows["ours (recipe)"], rows["torch_blue defaults"]
     assert recipe["nll"] < defaults["nll"] and recipe["ece"] < defaults["ece"]
     assert recipe["accuracy"] > 0.9
+
+
+# ------------------------------------------------------- classification peers
+classification = uncertainty_classification
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train on one torch thread, as the benchmark does (fast on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_shift_is_defined_and_changes_the_digits() -> None:
+    data = classification.Data(0)
+    assert set(data.x_ood) == set(classification.SHIFTS)
+    assert len(classification.SHIFTS) >= 6
+    for kind, images in data.x_ood.items():
+        assert images.shape == data.x_test.shape, kind
+        assert torch.isfinite(images).all(), kind
+        changed = (images - data.x_test).abs().amax(dim=1) > 1e-6
+        assert changed.float().mean() > 0.9, kind  # nearly every image is changed
+    digits = torch.rand(7, 8, 8, generator=torch.Generator().manual_seed(0))
+    for kind, shift in classification.SHIFTS.items():
+        out = shift(digits, torch.Generator().manual_seed(1))
+        assert out.shape == digits.shape, kind
+        assert out.min() >= 0.0 and out.max() <= 1.0, kind  # before standardization
+    shifted = classification.SHIFTS["shifted"](digits, torch.Generator())
+    assert torch.equal(shifted[:, 2:, 2:], digits[:, :-2, :-2])
+    assert (shifted[:, :2] == 0).all() and (shifted[:, :, :2] == 0).all()
+
+
+def test_the_ood_images_are_fixed_by_the_seed() -> None:
+    one, again, other = (classification.Data(s) for s in (0, 0, 1))
+    for kind in classification.SHIFTS:
+        assert torch.equal(one.x_ood[kind], again.x_ood[kind]), kind
+    assert not torch.equal(one.x_ood["uniform"], other.x_ood["uniform"])
+
+
+@pytest.mark.parametrize("task", ["mlp", "cnn"])
+def test_the_sampling_predictors_return_samples_by_digit_by_class(task: str) -> None:
+    x = torch.randn(6, 64)
+    nets = [classification.TASKS[task].plain(None) for _ in range(5)]
+    assert classification.ensemble_predictor(nets)(x).shape == (5, 6, 10)
+    predict = classification.mc_dropout_predictor(
+        classification.TASKS[task].plain(0.3), samples=4
+    )
+    samples = predict(x)
+    assert samples.shape == (4, 6, 10)
+    assert not torch.allclose(samples[0], samples[1])  # dropout on at test time
+
+
+NEW_METHODS = [
+    ("MC dropout", "-"),
+    ("deep ensemble (5)", "-"),
+    ("IVON", "-"),
+    ("last-layer Laplace", "-"),
+    ("ours (natural gradient)", "torch_blue"),
+    ("ours (natural gradient)", "pyro"),
+]
+
+
+@pytest.mark.parametrize("task", ["mlp", "cnn"])
+@pytest.mark.parametrize(("method", "mode"), NEW_METHODS)
+def test_a_short_run_of_each_peer_gives_finite_scores(
+    monkeypatch, method: str, mode: str, task: str
+) -> None:
+    reason = classification.missing(method)
+    if reason is not None:
+        pytest.skip(reason)
+    monkeypatch.setattr(classification, "QUICK_EPOCHS", 2)
+    monkeypatch.setattr(classification, "PREDICT_SAMPLES", 4)
+    data = classification.Data(0)
+    row = classification.run_method(method, mode, 0, data, True, task)
+    kinds = list(classification.SHIFTS)
+    expected = {"accuracy", "nll", "brier", "ece", "auroc_entropy", "auroc_mi"}
+    expected |= {f"auroc_{m}_{kind}" for m in ("entropy", "mi") for kind in kinds}
+    assert expected <= set(row)
+    assert (row["task"], row["method"], row["mode"]) == (task, method, mode)
+    for key in expected:
+        assert math.isfinite(row[key]), key
+    assert 0.0 <= row["accuracy"] <= 1.0 and row["seconds"] > 0
+
+
+def test_a_missing_peer_is_named_not_a_traceback(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "laplace", None)  # import raises ImportError
+    reason = classification.missing("last-layer Laplace")
+    assert reason is not None
+    assert "last-layer Laplace" in reason and "halted" in reason  # the error
+    assert "pip install --no-deps laplace-torch" in reason
+    rows = classification.run(
+        quick=True, tasks=["mlp"], methods=[("last-layer Laplace", "-")]
+    )
+    assert rows == []
+    assert "pip install --no-deps laplace-torch" in capsys.readouterr().err
+    assert classification.missing("deterministic") is None
+
+
+def test_the_tables_have_a_task_column_and_every_kind() -> None:
+    def row(task: str, method: str, **metrics: object) -> dict[str, object]:
+        keys = [
+            f"auroc_{m}_{kind}"
+            for m in ("entropy", "mi")
+            for kind in classification.SHIFTS
+        ]
+        return {
+            "task": task,
+            "method": method,
+            "mode": "-",
+            "seed": 0,
+            **dict.fromkeys(keys, 0.5),
+            "seconds": 1.0,
+            **metrics,
+        }
+
+    rows = [
+        row(
+            "mlp",
+            "deterministic",
+            **{f"auroc_mi_{k}": None for k in classification.SHIFTS},
+        ),
+        row("cnn", "IVON"),
+    ]
+    for r in rows:
+        r.update(
+            accuracy=0.9,
+            nll=0.1,
+            brier=0.1,
+            ece=0.01,
+            auroc_entropy=0.5,
+            auroc_mi=0.5 if r["method"] == "IVON" else None,
+        )
+    main = classification.table(rows).splitlines()
+    assert main[0].startswith("| task | method | mode |")
+    assert main[2].startswith("| mlp | deterministic | - |") and main[2].endswith(
+        "| - |"
+    )
+    assert main[3].startswith("| cnn | IVON | - |")
+    details = classification.details(rows)
+    for kind in classification.SHIFTS:
+        assert f" {kind} |" in details
+    assert "| cnn | IVON | - | 0.500 |" in details
