@@ -22,6 +22,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import Tensor, nn
 
 from torch_blue_pyro import vi
+from torch_blue_pyro.optim import PyroVariationalOnlineNewton, VariationalOnlineNewton
 from torch_blue_pyro.vi.distributions import (
     BasicQuietPrior,
     Categorical,
@@ -133,6 +134,34 @@ def vectorized_loss(outer: bool, max_plate_nesting: int) -> float:
 
 def load(model: nn.Module, state: dict[str, Tensor], strict: bool = True) -> Any:
     return model.load_state_dict(state, strict=strict)
+
+
+def natural_gradient(**hyperparameters: Any) -> VariationalOnlineNewton:
+    return VariationalOnlineNewton(linear(), **hyperparameters)
+
+
+def step_with_a_nan_gradient() -> None:
+    model = vi.VISequential(vi.VILinear(4, 3), vi.VILinear(3, 1))
+    optimizer = VariationalOnlineNewton(model)
+    model(x(), samples=2).sum().backward()
+    model[1]._weight_log_std.grad[0, 0] = float("nan")
+    optimizer.step()
+
+
+def svi_step_with_a_pyro_param() -> None:
+    net = vi.VILinear(4, 1)
+
+    def model(data: Tensor) -> None:
+        scale = pyro.param(
+            "noise_scale", torch.tensor(1.0), constraint=dist.constraints.positive
+        )
+        with pyro.plate("data", len(data)):
+            mean = net(data)[..., 0]
+            pyro.sample("obs", dist.Normal(mean, scale), obs=torch.zeros(len(data)))
+
+    pyro.clear_param_store()
+    optim = PyroVariationalOnlineNewton(net)
+    SVI(model, lambda data: net.guide(), optim, Trace_ELBO()).step(x())
 
 
 # id -> (thunk, exception type, pattern the message must contain). The pattern names
@@ -650,6 +679,67 @@ CASES: dict[str, tuple[Callable[[], Any], type[BaseException], str]] = {
         RuntimeError,
         'Missing key\\(s\\) in state_dict: "_weight_mean".*\n.*'
         'Unexpected key\\(s\\) in state_dict: "weight", "bias"',
+    ),
+    # --- the natural-gradient optimizer
+    "optimizer-of-parameters": (
+        lambda: VariationalOnlineNewton(linear().parameters()),  # type: ignore[arg-type]
+        TypeError,
+        "model must be an nn.Module .* got generator",
+    ),
+    "optimizer-without-factors": (
+        lambda: VariationalOnlineNewton(nn.Linear(4, 3)),
+        ValueError,
+        "model \\(Linear\\) has no trainable mean-field Gaussian factor",
+    ),
+    "optimizer-lr-zero": (
+        lambda: natural_gradient(lr=0.0),
+        ValueError,
+        "lr must be a positive finite number, got 0.0",
+    ),
+    "optimizer-precision-lr-nan": (
+        lambda: natural_gradient(precision_lr=float("nan")),
+        ValueError,
+        "precision_lr must be a positive finite number, got nan",
+    ),
+    "optimizer-momentum-one": (
+        lambda: natural_gradient(momentum=1.0),
+        ValueError,
+        "momentum must be a number in \\[0, 1\\), got 1.0",
+    ),
+    "optimizer-damping-negative": (
+        lambda: natural_gradient(damping=-0.1),
+        ValueError,
+        "damping must be a finite number >= 0, got -0.1",
+    ),
+    "optimizer-trust-radius-zero": (
+        lambda: natural_gradient(trust_radius=0.0),
+        ValueError,
+        "trust_radius must be a positive finite number, got 0.0",
+    ),
+    "optimizer-heat-zero": (
+        lambda: natural_gradient(heat=0.0),
+        ValueError,
+        "heat must be a positive finite number, got 0.0",
+    ),
+    "optimizer-heat-bool": (
+        lambda: natural_gradient(heat=True),
+        ValueError,
+        "heat must be a positive finite number, got True",
+    ),
+    "optimizer-nan-gradient": (
+        step_with_a_nan_gradient,
+        ValueError,
+        "the gradient of '1.weight' \\(its mean or log_std\\) holds NaN or inf",
+    ),
+    "pyro-optimizer-others": (
+        lambda: PyroVariationalOnlineNewton(linear(), others=torch.optim.Adam),  # type: ignore[arg-type]
+        TypeError,
+        "others must be a pyro.optim.PyroOptim .* got type",
+    ),
+    "pyro-optimizer-unknown-parameter": (
+        svi_step_with_a_pyro_param,
+        ValueError,
+        "SVI also found \\['noise_scale'\\]: pass others=pyro.optim.Adam",
     ),
 }
 

@@ -273,7 +273,7 @@ class VariationalOnlineNewton(torch.optim.Optimizer):
     damping: float, default: 0.0
         :math:`\delta`, added to the precision in the means' step only: bounds
         the step of a mean whose precision is small.
-    trust_radius: float, default: 1.0
+    trust_radius: float, default: 0.3
         :math:`r`: no mean moves further than this many of its own standard
         deviations in one step.
     heat: float, default: 1.0
@@ -315,7 +315,7 @@ class VariationalOnlineNewton(torch.optim.Optimizer):
         precision_lr: float = 0.05,
         momentum: float = 0.9,
         damping: float = 0.0,
-        trust_radius: float = 1.0,
+        trust_radius: float = 0.3,
         heat: float = 1.0,
     ) -> None:
         defaults = {
