@@ -141,10 +141,11 @@ def test_a_tempered_loss_reaches_the_tempered_optimum(mode: str) -> None:
     _assert_at_optimum(TRAIN[mode](task, 0.1, STEPS), task)
 
 
-def test_three_times_the_steps_end_at_the_same_posterior() -> None:
+@pytest.mark.parametrize("mode", ["torch_blue", "pyro"])
+def test_three_times_the_steps_end_at_the_same_posterior(mode: str) -> None:
     task = Regression()
-    short = _train_torch_blue(task, 0.01, STEPS)
-    long = _train_torch_blue(task, 0.01, 3 * STEPS)
+    short = TRAIN[mode](task, 0.01, STEPS)
+    long = TRAIN[mode](task, 0.01, 3 * STEPS)
     torch.testing.assert_close(
         long._weight_log_std.exp(), short._weight_log_std.exp(), rtol=0.08, atol=0.0
     )
