@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "",
             uncertainty_classification.details(classification),
             "",
-            "### The recipe's goals",
+            "### The goals",
             "",
             goals(regression, classification),
         ]
