@@ -353,3 +353,12 @@ def test_the_recommended_settings_run_as_written() -> None:
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)
+
+
+def test_tied_parameters_are_one_factor() -> None:
+    model = nn.ModuleDict({"first": vi.VILinear(3, 3), "second": vi.VILinear(3, 3)})
+    model["second"]._weight_mean = model["first"]._weight_mean
+    model["second"]._weight_log_std = model["first"]._weight_log_std
+    names = [factor.name for factor in gaussian_factors(model)]
+    assert names == ["first.weight", "first.bias", "second.bias"]
+    VariationalOnlineNewton(model)  # no parameter in two places

@@ -12,7 +12,8 @@ loss of the sampled outputs) whose KL term has the weight ``heat`` :math:`\eta`,
 with precision :math:`\lambda = \sigma^{-2}`, each element takes the step
 
 .. math::
-    x = \frac{\rho}{\eta}\,\frac{\partial\mathcal L}{\partial\log\sigma}, \qquad
+    x = \operatorname{clip}_{[-1, 1]}\Bigl(\frac{\rho}{\eta}\,
+    \frac{\partial\mathcal L}{\partial\log\sigma}\Bigr), \qquad
     \log\lambda \leftarrow \log\lambda + \operatorname{sign}(x)\,\log(1 + |x|),
     \qquad
     \mu \leftarrow \mu - \operatorname{clip}_{\pm r\sigma}\Bigl(
@@ -40,8 +41,8 @@ Stein's estimate of that curvature, the one IVON uses; the optimizer needs no
 access to the draws.) The exact form above grows the precision linearly, and for
 :math:`x < 0` the variance linearly (:math:`\sigma^2 \leftarrow \sigma^2(1 +
 |x|)`), so :math:`\sigma` stays positive, moves as far as its gradient asks, and no
-step overshoots the curvature it measured. :math:`x` is clipped to
-:math:`[-1, 1]`, so one step at most doubles or halves a precision: Stein's
+step overshoots the curvature it measured. The clip of :math:`x` to
+:math:`[-1, 1]` means that one step at most doubles or halves a precision: Stein's
 estimates are heavy-tailed, and without the clip one outlier can throw a factor
 (and, through it, the network) far off; it leaves the small steps near the optimum
 untouched. The mean's step is a Newton step of
@@ -155,13 +156,15 @@ def gaussian_factors(model: nn.Module) -> list[GaussianFactor]:
             f"with its log-std, which needs the modules), got {type(model).__name__}"
         )
     factors = []
+    seen: set[int] = set()  # parameters tied between modules: one factor
     for path, module in model.named_modules():
         if not isinstance(module, VIModule):
             continue
         prefix = f"{path}." if path else ""
         for attribute_mean, attribute_log_std in _pairs_of(module):
             mean = getattr(module, attribute_mean)
-            if mean.requires_grad:
+            if mean.requires_grad and id(mean) not in seen:
+                seen.add(id(mean))
                 name = prefix + attribute_mean[1:].rsplit("_", 1)[0]
                 factors.append(
                     GaussianFactor(name, mean, getattr(module, attribute_log_std))
