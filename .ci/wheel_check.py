@@ -36,9 +36,7 @@ def check_training() -> None:
     import torch
 
     import torch_blue_pyro
-    from torch_blue_pyro import vi
-    from torch_blue_pyro.demo import RECOMMENDED, build_model
-    from torch_blue_pyro.optim import VariationalOnlineNewton
+    from torch_blue_pyro.demo import RECOMMENDED, build_model, recommended_training
 
     location = Path(torch_blue_pyro.__file__).resolve()
     assert Path(sys.prefix).resolve() in location.parents, (
@@ -48,17 +46,7 @@ def check_training() -> None:
     x = torch.randn(256, 64)
     y = (x @ torch.randn(64, 10)).argmax(dim=-1)
     model = build_model(64, 10)
-    heat = RECOMMENDED["heat"]
-    loss_fn = vi.KullbackLeiblerLoss(
-        vi.distributions.Categorical(), dataset_size=256, heat=heat
-    )
-    optimizer = VariationalOnlineNewton(
-        model,
-        lr=RECOMMENDED["lr"],
-        precision_lr=RECOMMENDED["precision_lr"],
-        trust_radius=RECOMMENDED["trust_radius"],
-        heat=heat,
-    )
+    loss_fn, optimizer = recommended_training(model, dataset_size=256)
     for _ in range(STEPS):
         loss = loss_fn(model(x, samples=RECOMMENDED["samples"]), y)
         optimizer.zero_grad()

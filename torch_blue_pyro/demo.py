@@ -55,7 +55,7 @@ from torch_blue_pyro import metrics, uncertainty, vi
 from torch_blue_pyro.optim import VariationalOnlineNewton
 
 # The recommended settings of a Bayesian MLP trained by VariationalOnlineNewton
-# (see build_model and train_bayesian for where each one goes).
+# (see build_model, recommended_training and train_bayesian for where each goes).
 RECOMMENDED: dict[str, Any] = {
     "variational_std": 0.1,  # MeanFieldNormal(std=...), times 1/sqrt(fan_in)
     "prior_std": 8.0,  # MeanFieldNormal(std=...) with rescale_prior=True
@@ -314,14 +314,66 @@ def build_deterministic(
     )
 
 
-def _batches(n: int, epochs: int, generator: torch.Generator) -> list[Tensor]:
-    """Minibatch indices: a fresh permutation of ``range(n)`` per epoch."""
+def recommended_training(
+    model: vi.VISequential, dataset_size: int
+) -> tuple[vi.KullbackLeiblerLoss, VariationalOnlineNewton]:
+    """The loss and the optimizer of the recommended settings for ``model``.
+
+    Parameters
+    ----------
+    model : vi.VISequential
+        The model from :func:`build_model`.
+    dataset_size : int
+        The number of training examples, the loss's ``dataset_size``.
+
+    Returns
+    -------
+    tuple of vi.KullbackLeiblerLoss and VariationalOnlineNewton
+        ``KullbackLeiblerLoss(Categorical(), dataset_size, heat=RECOMMENDED["heat"])``
+        and ``VariationalOnlineNewton`` with the ``lr``, ``precision_lr``,
+        ``trust_radius`` and ``heat`` of :data:`RECOMMENDED`.
+    """
+    heat = RECOMMENDED["heat"]
+    loss_fn = vi.KullbackLeiblerLoss(
+        vi.distributions.Categorical(), dataset_size=dataset_size, heat=heat
+    )
+    optimizer = VariationalOnlineNewton(
+        model,
+        lr=RECOMMENDED["lr"],
+        precision_lr=RECOMMENDED["precision_lr"],
+        trust_radius=RECOMMENDED["trust_radius"],
+        heat=heat,
+    )
+    return loss_fn, optimizer
+
+
+def _fit(
+    optimizer: torch.optim.Optimizer,
+    batch_loss: Callable[[Tensor], Tensor],
+    n: int,
+    epochs: int,
+    generator: torch.Generator,
+) -> float:
+    """Minimize ``batch_loss`` over minibatches of a fresh permutation per epoch.
+
+    Returns the mean of the last epoch's batch losses.
+    """
     size = RECOMMENDED["batch_size"]
-    return [
+    batches = [
         batch
         for _ in range(epochs)
         for batch in torch.randperm(n, generator=generator).split(size)
     ]
+    per_epoch = len(batches) // max(epochs, 1)
+    last_losses: list[float] = []
+    for step, batch in enumerate(batches):
+        loss = batch_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step >= len(batches) - per_epoch:
+            last_losses.append(loss.item())
+    return sum(last_losses) / max(len(last_losses), 1)
 
 
 def train_bayesian(
@@ -334,10 +386,8 @@ def train_bayesian(
 ) -> float:
     """Train the Bayesian net by natural-gradient steps on the negative ELBO.
 
-    The loss is ``KullbackLeiblerLoss(Categorical(), dataset_size=len(x),
-    heat=RECOMMENDED["heat"])`` and the optimizer ``VariationalOnlineNewton`` with
-    the ``lr``, ``precision_lr`` and ``heat`` of :data:`RECOMMENDED`, on
-    minibatches of ``RECOMMENDED["batch_size"]``.
+    With the loss and optimizer of :func:`recommended_training`, on minibatches of
+    ``RECOMMENDED["batch_size"]``.
 
     Parameters
     ----------
@@ -358,29 +408,12 @@ def train_bayesian(
         The last epoch's mean loss per training example (the negative ELBO
         divided by ``len(x)``).
     """
-    loss_fn = vi.KullbackLeiblerLoss(
-        vi.distributions.Categorical(),
-        dataset_size=len(x),
-        heat=RECOMMENDED["heat"],
-    )
-    optimizer = VariationalOnlineNewton(
-        model,
-        lr=RECOMMENDED["lr"],
-        precision_lr=RECOMMENDED["precision_lr"],
-        trust_radius=RECOMMENDED["trust_radius"],
-        heat=RECOMMENDED["heat"],
-    )
-    batches = _batches(len(x), epochs, generator)
-    per_epoch = len(batches) // max(epochs, 1)
-    last_losses: list[float] = []
-    for step, batch in enumerate(batches):
-        loss = loss_fn(model(x[batch], samples=samples), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step >= len(batches) - per_epoch:
-            last_losses.append(loss.item())
-    return sum(last_losses) / max(len(last_losses), 1) / len(x)
+    loss_fn, optimizer = recommended_training(model, len(x))
+
+    def batch_loss(batch: Tensor) -> Tensor:
+        return loss_fn(model(x[batch], samples=samples), y[batch])
+
+    return _fit(optimizer, batch_loss, len(x), epochs, generator) / len(x)
 
 
 def train_deterministic(
@@ -406,17 +439,11 @@ def train_deterministic(
         The last epoch's mean cross-entropy.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=DETERMINISTIC_LR)
-    batches = _batches(len(x), epochs, generator)
-    per_epoch = len(batches) // max(epochs, 1)
-    last_losses: list[float] = []
-    for step, batch in enumerate(batches):
-        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step >= len(batches) - per_epoch:
-            last_losses.append(loss.item())
-    return sum(last_losses) / max(len(last_losses), 1)
+
+    def batch_loss(batch: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(model(x[batch]), y[batch])
+
+    return _fit(optimizer, batch_loss, len(x), epochs, generator)
 
 
 def sampled_logits(model: nn.Module, x: Tensor, samples: int) -> Tensor:
